@@ -1,0 +1,40 @@
+"""`fastmedsam` command line. Each sub-command lives in FastMedSAMLib/commands/<name>.py and exposes
+`register(subparsers)`, which adds its parser and sets `func(args) -> int`. Command modules keep heavy imports
+(torch, SimpleITK) inside their functions so that `fastmedsam --help` is instant."""
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+from typing import List, Optional
+
+from .errors import FastMedSAMError
+
+COMMANDS = ["segment", "demo", "eval", "bench", "models", "train_pause"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastmedsam", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.commands.{name}":
+                raise
+            continue  # command not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FastMedSAMError as exc:
+        print(f"fastmedsam: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
