@@ -8,7 +8,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
-from .base import SamModel
+from .base import SamModel, SliceAdapter
 
 # registry name -> (module, builder function). Builders take no arguments and return a SamModel.
 BUILDERS: Dict[str, Tuple[str, str]] = {
@@ -20,12 +20,29 @@ BUILDERS: Dict[str, Tuple[str, str]] = {
     "sam-med3d-turbo": (".fastsam3d", "build_sam_med3d_turbo"),
 }
 
+# 2D families: registry name -> (module, SliceAdapter class) doing that family's pre/post-processing.
+ADAPTERS: Dict[str, Tuple[str, str]] = {
+    "litemedsam": (".litemedsam", "LiteMedSAMAdapter"),
+    "medficientsam-l0": (".medficientsam", "MedficientSAMAdapter"),
+    "medficientsam-l1": (".medficientsam", "MedficientSAMAdapter"),
+    "medficientsam-l2": (".medficientsam", "MedficientSAMAdapter"),
+}
+
+
+def _lookup(table: Dict[str, Tuple[str, str]], name: str, what: str):
+    if name not in table:
+        raise KeyError(f"no {what} for model {name!r}; known: {', '.join(sorted(table))}")
+    module, attribute = table[name]
+    return getattr(import_module(module, __name__), attribute)
+
 
 def builder(name: str) -> Callable[[], SamModel]:
-    if name not in BUILDERS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(BUILDERS))}")
-    module, function = BUILDERS[name]
-    return getattr(import_module(module, __name__), function)
+    return _lookup(BUILDERS, name, "builder")
+
+
+def slice_adapter(name: str) -> SliceAdapter:
+    """The 2D pre/post-processing of model `name` (box models that work slice by slice)."""
+    return _lookup(ADAPTERS, name, "2D slice adapter")()
 
 
 def build_model(name: str) -> SamModel:

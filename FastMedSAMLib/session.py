@@ -1,0 +1,199 @@
+"""`Session`: the one API the CLI, the Slicer module and the server use.
+
+It owns the image (array + geometry + the uint8 view the models see), validates prompts, routes them to the
+model's engine, caches embeddings, and reports per-stage timings in milliseconds.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .cache import EmbeddingCache
+from .errors import ImageError, PromptError
+from .imageio import Image, read_image
+from .intensity import to_uint8
+from .models import load_model, slice_adapter
+from .prompts import Box, Box3D, Point, points_to_box
+from .registry import get_spec
+from .slice_engine import STAGES, SliceEngine
+
+ImageInput = Union[np.ndarray, str, Path, Image]
+
+
+@dataclass
+class Prediction:
+    mask: np.ndarray  # (H, W) for a 2D box, (Z, Y, X) for a 3D box or a 3D point model
+    timings: Dict[str, float]  # ms per stage: preprocess, encode (0 on a cache hit), decode, postprocess, total
+    slice_index: Optional[int] = None
+    z_range: Optional[Tuple[int, int]] = None
+    encoder_calls: int = 0
+    iou: float = float("nan")
+    prompt: Dict[str, object] = field(default_factory=dict)
+
+
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use device='cpu' or 'auto'")
+    return resolved
+
+
+class Session:
+    """Interactive segmentation of one image at a time with one model.
+
+    >>> s = Session(model="litemedsam", device="auto")
+    >>> s.set_image(volume, spacing=(0.8, 0.8, 5.0))
+    >>> s.predict(box=Box3D(100, 120, 4, 180, 200, 9)).mask.shape
+    """
+
+    def __init__(
+        self,
+        model: str = "litemedsam",
+        device: Union[str, torch.device] = "auto",
+        *,
+        cache_mb: float = 1024,
+        points_as_box: bool = False,
+        weights: Optional[Path] = None,
+    ) -> None:
+        self.spec = get_spec(model)
+        self.model_name = model
+        self.device = resolve_device(device)
+        self.points_as_box = points_as_box
+        self.cache = EmbeddingCache(int(cache_mb * 2**20))
+        self.net = load_model(model, self.device, weights)
+        self._engine = SliceEngine(self.net, slice_adapter(model), self.device, self.cache)
+        self.image: Optional[Image] = None
+        self._u8: Optional[np.ndarray] = None
+
+    # -- image -----------------------------------------------------------------------------------------------
+    def set_image(
+        self,
+        image: ImageInput,
+        spacing: Optional[Sequence[float]] = None,
+        *,
+        origin: Optional[Sequence[float]] = None,
+        direction: Optional[np.ndarray] = None,
+        modality: Optional[str] = None,
+        window: Optional[Tuple[float, float]] = None,
+    ) -> None:
+        """Set the image to segment: a (Z,Y,X) volume, a (Y,X) or (Y,X,3) image, a path, or an `Image`.
+
+        `window` (lo, hi) overrides the intensity window; CT in HU otherwise gets [-160, 240]."""
+        if isinstance(image, (str, Path)):
+            image = read_image(image)
+        elif isinstance(image, np.ndarray):
+            image = Image.from_array(image, spacing=spacing, origin=origin, direction=direction, modality=modality)
+        elif not isinstance(image, Image):
+            raise ImageError(f"set_image takes an array, a path or an Image, not {type(image).__name__}")
+        self._u8 = to_uint8(image, window=window)
+        self.image = image
+        self._image_key = (image.identity, window)
+
+    @property
+    def is_volume(self) -> bool:
+        return self._u8 is not None and self.image is not None and self.image.is_volume
+
+    # -- prediction ------------------------------------------------------------------------------------------
+    def predict(
+        self,
+        box: Optional[Union[Box, Box3D]] = None,
+        points: Optional[Sequence[Point]] = None,
+        mask: Optional[np.ndarray] = None,
+    ) -> Prediction:
+        """Segment from a 2D box on one slice, a 3D box (propagated slice by slice) or points."""
+        if self._u8 is None:
+            raise PromptError("no image: call set_image() before predict()")
+        start = time.perf_counter()
+        box = self._box_from_prompts(box, points, mask)
+        if isinstance(box, Box3D):
+            prediction = self._predict_box3d(box)
+        else:
+            prediction = self._predict_box2d(box)
+        prediction.timings["total"] = (time.perf_counter() - start) * 1000.0
+        return prediction
+
+    def _box_from_prompts(
+        self, box: Optional[Union[Box, Box3D]], points: Optional[Sequence[Point]], mask: Optional[np.ndarray]
+    ) -> Union[Box, Box3D]:
+        prompts = self.spec.prompts
+        if mask is not None and "mask" not in prompts:
+            raise PromptError(f"model {self.model_name!r} does not take a mask prompt (it takes: {', '.join(sorted(prompts))})")
+        if points:
+            if "point" in prompts:
+                raise PromptError(f"point prompts for {self.model_name!r} are not wired into the Session yet")
+            if box is not None:
+                raise PromptError(f"model {self.model_name!r} takes a box only; got a box and points")
+            if not self.points_as_box:
+                raise PromptError(
+                    f"model {self.model_name!r} is box-only (trained with box prompts; a point gives no usable mask). "
+                    "Give a box, or create the Session with points_as_box=True to use the points' bounding box."
+                )
+            for p in points:
+                p.check_inside(self._shape_zyx())
+            box = points_to_box(points)
+        if box is None:
+            raise PromptError(f"no prompt: model {self.model_name!r} needs a box")
+        return box
+
+    def _shape_zyx(self) -> Tuple[int, int, int]:
+        u8 = self._u8
+        return (u8.shape[0], u8.shape[1], u8.shape[2]) if self.is_volume else (1, u8.shape[0], u8.shape[1])
+
+    def _predict_box2d(self, box: Box) -> Prediction:
+        depth, height, width = self._shape_zyx()
+        if self.is_volume:
+            if box.z is None:
+                raise PromptError(f"a 2D box on a volume needs its slice: Box(..., z=k) with 0 <= k < {depth}")
+            z = int(box.z)
+            if z != box.z or not 0 <= z < depth:
+                raise PromptError(f"box slice z={box.z} is not a slice index of this volume (0..{depth - 1})")
+            slice_u8 = self._u8[z]
+        else:
+            if box.z not in (None, 0):
+                raise PromptError(f"box slice z={box.z} given for a 2D image (use z=None)")
+            z, slice_u8 = 0, self._u8
+        clipped = box.clipped(height, width)
+        result = self._engine.segment((self._image_key, z), slice_u8, clipped)
+        return Prediction(
+            mask=result.mask,
+            timings=dict(result.timings),
+            slice_index=z if self.is_volume else None,
+            encoder_calls=int(result.encoded),
+            iou=result.iou,
+            prompt={"box": clipped},
+        )
+
+    def _predict_box3d(self, box: Box3D) -> Prediction:
+        if not self.is_volume:
+            raise PromptError("a 3D box needs a volume; this image is 2D (use Box)")
+        depth, height, width = self._shape_zyx()
+        if box.z1 < 0 or box.z0 > depth - 1:
+            raise PromptError(f"3D box slices {box.z0}..{box.z1} lie outside the volume (0..{depth - 1})")
+        plane = Box(box.x0, box.y0, box.x1, box.y1).clipped(height, width)
+        clipped = Box3D(plane.x0, plane.y0, max(int(box.z0), 0), plane.x1, plane.y1, min(int(box.z1), depth - 1))
+        result = self._engine.propagate(self._image_key, self._u8, clipped)
+        return Prediction(
+            mask=result.mask,
+            timings=dict(result.timings),
+            z_range=(clipped.z0, clipped.z1),
+            encoder_calls=result.encoder_calls,
+            iou=result.iou,
+            prompt={"box3d": clipped},
+        )
+
+    # -- cache -----------------------------------------------------------------------------------------------
+    def cache_info(self) -> Dict[str, int]:
+        return self.cache.info()
+
+    def clear_cache(self) -> None:
+        self.cache.clear()
+
+
+__all__ = ["Session", "Prediction", "STAGES", "resolve_device"]

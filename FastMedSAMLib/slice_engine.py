@@ -1,0 +1,117 @@
+"""Box prompts on 2D slices (LiteMedSAM, MedficientSAM): cached per-slice encoding, decoding, and the CVPR24
+middle-out propagation that turns a 3D box into a volume mask."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Hashable, Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+
+from .cache import EmbeddingCache
+from .models.base import Frame, SamModel, SliceAdapter
+from .prompts import Box, Box3D
+
+STAGES = ("preprocess", "encode", "decode", "postprocess")
+PROPAGATION_BOX_MARGIN = 3  # px in the model frame added around the previous slice's mask (CVPR24 protocol)
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+@dataclass
+class SliceResult:
+    mask: np.ndarray  # (H, W) bool
+    iou: float
+    timings: Dict[str, float]
+    encoded: bool  # False when the embedding came from the cache
+
+
+@dataclass
+class VolumeResult:
+    mask: np.ndarray  # (Z, Y, X) bool
+    iou: float
+    timings: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    encoder_calls: int = 0
+
+
+def to_rgb(slice_u8: np.ndarray) -> np.ndarray:
+    """Grey (H, W) -> (H, W, 3); RGB passes through."""
+    return slice_u8 if slice_u8.ndim == 3 else np.repeat(slice_u8[:, :, None], 3, axis=2)
+
+
+def frame_box_from_mask(mask: np.ndarray, frame: Frame, margin: int = PROPAGATION_BOX_MARGIN) -> Optional[np.ndarray]:
+    """Bounding box of `mask` after resizing it into the model frame, enlarged by `margin` px; None if empty."""
+    resized = cv2.resize(mask.astype(np.uint8), (frame.resized_width, frame.resized_height), interpolation=cv2.INTER_AREA)
+    ys, xs = np.nonzero(resized)
+    if len(xs) == 0:
+        return None
+    x0, x1 = max(0, xs.min() - margin), min(frame.size, xs.max() + margin)
+    y0, y1 = max(0, ys.min() - margin), min(frame.size, ys.max() + margin)
+    return np.array([[x0, y0, x1, y1]], dtype=np.float32)
+
+
+class SliceEngine:
+    """Runs one 2D family (`SamModel` + its `SliceAdapter`) on uint8 slices with an embedding cache."""
+
+    def __init__(self, net: SamModel, adapter: SliceAdapter, device: torch.device, cache: EmbeddingCache) -> None:
+        self.net = net
+        self.adapter = adapter
+        self.device = device
+        self.cache = cache
+
+    def _embedding(self, key: Hashable, slice_u8: np.ndarray, timings: Dict[str, float]) -> Tuple[torch.Tensor, Frame, bool]:
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached[0], cached[1], False
+        start = time.perf_counter()
+        tensor, frame = self.adapter.preprocess(to_rgb(slice_u8))
+        timings["preprocess"] += _ms_since(start)
+        start = time.perf_counter()
+        embedding = self.net.encode(tensor.to(self.device))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        timings["encode"] += _ms_since(start)
+        self.cache.put(key, (embedding, frame))
+        return embedding, frame, True
+
+    def _decode(self, embedding: torch.Tensor, frame: Frame, frame_box: np.ndarray, timings: Dict[str, float]) -> Tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        boxes = torch.as_tensor(frame_box, dtype=torch.float32, device=self.device)[:, None, :]
+        low_res, iou = self.net.decode(embedding, boxes=boxes)
+        timings["decode"] += _ms_since(start)
+        start = time.perf_counter()
+        mask = self.adapter.postprocess(low_res, frame)
+        timings["postprocess"] += _ms_since(start)
+        return mask, float(iou[0, 0])
+
+    def segment(self, key: Hashable, slice_u8: np.ndarray, box: Box) -> SliceResult:
+        """Segment one slice from a pixel-space box (inclusive indices)."""
+        timings = dict.fromkeys(STAGES, 0.0)
+        embedding, frame, encoded = self._embedding(key, slice_u8, timings)
+        mask, iou = self._decode(embedding, frame, frame.box_to_frame(box.x0, box.y0, box.x1, box.y1), timings)
+        return SliceResult(mask, iou, timings, encoded)
+
+    def propagate(self, key_prefix: Hashable, volume_u8: np.ndarray, box: Box3D) -> VolumeResult:
+        """CVPR24 middle-out propagation: the middle slice takes the 3D box's 2D box; every other slice takes the
+        box of its neighbour's mask (enlarged by 3 px in the model frame), or the middle box if that mask is empty."""
+        z0, z1 = int(box.z0), int(box.z1)
+        z_mid = int((z1 - z0) / 2 + z0)
+        result = VolumeResult(mask=np.zeros(volume_u8.shape[:3], dtype=bool), iou=0.0)
+        for order in (range(z_mid, z1 + 1), range(z_mid - 1, z0 - 1, -1)):
+            previous: Optional[np.ndarray] = None if order.start == z_mid else result.mask[z_mid]
+            for z in order:
+                embedding, frame, encoded = self._embedding((key_prefix, z), volume_u8[z], result.timings)
+                result.encoder_calls += int(encoded)
+                frame_box = None if previous is None else frame_box_from_mask(previous, frame)
+                if frame_box is None:
+                    frame_box = frame.box_to_frame(box.x0, box.y0, box.x1, box.y1)
+                mask, iou = self._decode(embedding, frame, frame_box, result.timings)
+                result.mask[z] = mask
+                if z == z_mid:
+                    result.iou = iou
+                previous = mask
+        return result
