@@ -6,11 +6,13 @@ Every norm uses eps 1e-6 and every activation is GELU(tanh), as the reference se
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .sam2d import LayerNorm2d
 
 EPS = 1e-6
 WIDTHS = (32, 64, 128, 256, 512)
@@ -228,21 +230,6 @@ class SamNeck(nn.Module):
         return self.output_ops[0](self.middle(fused))
 
 
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of an NCHW tensor."""
-
-    def __init__(self, channels: int, eps: float = EPS) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x - x.mean(dim=1, keepdim=True)
-        x = x / torch.sqrt(x.square().mean(dim=1, keepdim=True) + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
-
-
 @dataclass(frozen=True)
 class EfficientViTSamConfig:
     depths: Tuple[int, int, int, int, int]
@@ -263,7 +250,7 @@ class EfficientViTSamImageEncoder(nn.Module):
         super().__init__()
         self.backbone = EfficientViTLargeBackbone(config.depths)
         self.neck = SamNeck(config.neck_depth)
-        self.norm = LayerNorm2d(256)
+        self.norm = LayerNorm2d(256, eps=EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)
