@@ -24,6 +24,7 @@ import hashlib
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -180,26 +181,27 @@ def _copy(chunks: Iterator[bytes], out: BinaryIO, digest, bar: tqdm) -> int:
 def _url_writer(url: str, label: str, size_hint: Optional[int], timeout: float) -> Writer:
     def write(out: BinaryIO, digest, progress: bool) -> None:
         request = urllib.request.Request(url, headers={"User-Agent": "fastmedsam"})
-        written = 0
+        declared = None
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:  # follows redirects
-                declared = response.headers.get("Content-Length")
-                declared = int(declared) if declared and declared.isdigit() else None
+                length = response.headers.get("Content-Length")
+                declared = int(length) if length and length.isdigit() else None
+                read = getattr(response, "read1", response.read)  # read1: whatever has arrived, for the progress bar
                 with tqdm(total=declared or size_hint, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
                           file=sys.stderr, disable=not progress, leave=False) as bar:
-                    written = _copy(iter(lambda: response.read(_CHUNK), b""), out, digest, bar)
+                    _copy(iter(lambda: read(_CHUNK), b""), out, digest, bar)
         except urllib.error.HTTPError as exc:
-            raise WeightsError(f"HTTP {exc.code} {exc.reason} from {url}") from None
+            raise WeightsError(f"HTTP {exc.code} {exc.reason}") from None
         except urllib.error.URLError as exc:
-            raise WeightsError(f"cannot reach {url}: {exc.reason}") from None
-        except http.client.IncompleteRead as exc:
-            raise WeightsError(
-                f"the transfer from {url} was cut short after {written + len(exc.partial)} bytes "
-                f"({exc.expected} more were announced)") from None
+            raise WeightsError(f"cannot connect: {exc.reason}") from None
+        except http.client.IncompleteRead:
+            raise WeightsError(f"the connection closed after {out.tell()} bytes, in the middle of the data") from None
+        except socket.timeout:
+            raise WeightsError(f"no data for {timeout:g} s after {out.tell()} bytes (timed out)") from None
         except (OSError, http.client.HTTPException) as exc:
-            raise WeightsError(f"the transfer from {url} failed after {written} bytes: {exc!r}") from None
-        if declared is not None and written != declared:
-            raise WeightsError(f"the transfer from {url} was cut short: got {written} of {declared} bytes")
+            raise WeightsError(f"the transfer failed after {out.tell()} bytes: {type(exc).__name__}: {exc}") from None
+        if declared is not None and out.tell() != declared:
+            raise WeightsError(f"the connection closed after {out.tell()} of the {declared} bytes announced")
     return write
 
 

@@ -137,10 +137,10 @@ ROUTES = {
 }
 FAILURES = {  # endpoint -> what the error must say
     "/wrong.bin": f"expected sha256 {PAYLOAD_SHA}",
-    "/truncated.bin": "cut short",
+    "/truncated.bin": f"closed after {len(PAYLOAD) // 2} of the {len(PAYLOAD)} bytes announced",
     "/missing.bin": "HTTP 404",
-    "/interrupted.bin": "cut short",
-    "/stall.bin": "timed out",
+    "/interrupted.bin": "closed after 70000 bytes, in the middle of the data",
+    "/stall.bin": "no data for 0.3 s after 1000 bytes",
 }
 
 
