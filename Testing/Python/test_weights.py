@@ -228,7 +228,8 @@ def test_registry_entries_are_complete_and_buildable(monkeypatch: pytest.MonkeyP
         assert med.source("google-drive").kind == "manual" and med.source("google-drive").official
         upstream = med.source("efficientvit-sam-upstream")
         assert not upstream.auto and upstream.file != med.file and "natural" in upstream.note
-    assert specs["fastsam3d"].source("huggingface").url.endswith("/resolve/main/fastsam3d.pth")
+    assert specs["fastsam3d"].source("huggingface").url.endswith("/resolve/main/FastSAM3D.pth")
+    assert specs["sam-med3d-turbo"].sha256 == "899a46d04d3b70f723282ceb489149373558bf0aaba389a346f5ab57da5cdd3c"
     assert specs["fastsam3d"].dimensionality == "3D" and "point" in specs["fastsam3d"].prompts
     heads = specs["litemedsam-pause-heads"]
     assert heads.base == "litemedsam" and heads.sha256 is None and heads.sources[0].kind == "repo"
