@@ -17,7 +17,7 @@ DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "models" / "registry.js
 
 PROMPT_TYPES = frozenset({"box", "point", "mask"})
 DIMENSIONALITIES = frozenset({"2D", "3D"})
-ROLES = frozenset({"model", "pause-heads"})
+ROLES = frozenset({"model", "pause-heads", "sample"})  # sample: a demo image fetched like weights
 # checkpoint layout -> (key holding the state_dict, or None for a bare one; prefix to strip from its keys)
 CHECKPOINT_LAYOUTS: Dict[str, Tuple[Optional[str], str]] = {
     "plain": (None, ""),
