@@ -207,7 +207,7 @@ def test_registry_entries_are_complete_and_buildable(monkeypatch: pytest.MonkeyP
     specs = {s.name: s for s in list_specs()}
     assert list(specs) == [m["name"] for m in raw["models"]] == [
         "litemedsam", "medficientsam-l0", "medficientsam-l1", "medficientsam-l2",
-        "fastsam3d", "sam-med3d-turbo", "litemedsam-pause-heads",
+        "fastsam3d", "sam-med3d-turbo", "litemedsam-pause-heads", "demo-ct-slice",
     ]
     assert default_model() == "litemedsam"
     for spec in specs.values():
