@@ -1,0 +1,202 @@
+"""3D prompt encoder (points + low-res mask prompt) and 3D mask decoder of SAM-Med3D / FastSAM3D.
+
+Module names follow the official state_dict (`prompt_encoder.pe_layer.*`, `mask_decoder.transformer.*`, ...).
+Conventions the checkpoints were trained with (RECIPE §7): points are (d, h, w) voxel indices shifted by +0.5, a padding
+point (0, 0, 0) with label -1 is appended after the shift, the Fourier PE is [sin, cos, sin], and the dense PE encodes
+grid cell (i, j, k) as ((j+0.5)/8, (i+0.5)/8, (k+0.5)/8), i.e. with the first two axes swapped.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import PromptError
+from .sam2d import MLP, TwoWayTransformer
+from .vit3d import LayerNorm3d
+
+PointPrompt = Tuple[torch.Tensor, torch.Tensor]
+Triple = Tuple[int, int, int]
+
+
+class PositionEmbeddingRandom3D(nn.Module):
+    """coords in [0,1]^3 -> [sin, cos, sin](2*pi*(2c-1) @ G), G is (3, dim/3). The sin block repeats (no 3rd set)."""
+
+    def __init__(self, num_pos_feats: int = 128) -> None:
+        super().__init__()
+        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(3, num_pos_feats))
+
+    def _encode(self, coords: torch.Tensor) -> torch.Tensor:
+        coords = 2 * coords - 1
+        coords = coords @ self.positional_encoding_gaussian_matrix
+        coords = 2 * math.pi * coords
+        sin = torch.sin(coords)
+        return torch.cat([sin, torch.cos(coords), sin], dim=-1)
+
+    def forward(self, size: Triple) -> torch.Tensor:
+        """Dense PE of a (D, H, W) grid, (C, D, H, W); cell (i, j, k) encodes ((j+.5)/H, (i+.5)/D, (k+.5)/W)."""
+        device = self.positional_encoding_gaussian_matrix.device
+        d, h, w = (
+            (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n for n in size
+        )
+        i, j, k = torch.meshgrid(d, h, w, indexing="ij")
+        return self._encode(torch.stack([j, i, k], dim=-1)).permute(3, 0, 1, 2)
+
+    def forward_with_coords(self, coords: torch.Tensor, image_size: Triple) -> torch.Tensor:
+        """PE of (B, N, 3) voxel coordinates (d, h, w) in a volume of `image_size` = (D, H, W)."""
+        scale = torch.tensor(image_size, dtype=torch.float32, device=coords.device)
+        return self._encode((coords / scale).to(torch.float))
+
+
+class PromptEncoder3D(nn.Module):
+    """Point and mask prompts -> (sparse (B, N+1, C), dense (B, C, 8, 8, 8)) embeddings. No box prompts."""
+
+    def __init__(
+        self,
+        embed_dim: int = 384,
+        image_embedding_size: Triple = (8, 8, 8),
+        input_image_size: Triple = (128, 128, 128),
+        mask_in_chans: int = 16,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.image_embedding_size = tuple(image_embedding_size)
+        self.input_image_size = tuple(input_image_size)
+        self.pe_layer = PositionEmbeddingRandom3D(embed_dim // 3)
+        self.point_embeddings = nn.ModuleList([nn.Embedding(1, embed_dim) for _ in range(2)])  # negative, positive
+        self.not_a_point_embed = nn.Embedding(1, embed_dim)
+        self.mask_input_size = tuple(4 * n for n in image_embedding_size)
+        self.mask_downscaling = nn.Sequential(
+            nn.Conv3d(1, mask_in_chans // 4, kernel_size=2, stride=2),
+            LayerNorm3d(mask_in_chans // 4),
+            nn.GELU(),
+            nn.Conv3d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
+            LayerNorm3d(mask_in_chans),
+            nn.GELU(),
+            nn.Conv3d(mask_in_chans, embed_dim, kernel_size=1),
+        )
+        self.no_mask_embed = nn.Embedding(1, embed_dim)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        """(1, C, 8, 8, 8) positional encoding of the image embedding grid."""
+        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+
+    def _embed_points(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        points = points + 0.5  # voxel centres
+        points = torch.cat([points, torch.zeros((points.shape[0], 1, 3), device=points.device)], dim=1)
+        labels = torch.cat([labels, -torch.ones((labels.shape[0], 1), device=labels.device, dtype=labels.dtype)], dim=1)
+        embedding = self.pe_layer.forward_with_coords(points, self.input_image_size)
+        embedding[labels == -1] = 0.0
+        embedding[labels == -1] += self.not_a_point_embed.weight
+        embedding[labels == 0] += self.point_embeddings[0].weight
+        embedding[labels == 1] += self.point_embeddings[1].weight
+        return embedding
+
+    def forward(
+        self,
+        points: Optional[PointPrompt] = None,
+        boxes: Optional[torch.Tensor] = None,
+        masks: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """points = (coords (B, N, 3) voxel (d, h, w), labels (B, N) 1/0/-1); masks (B, 1, 32, 32, 32) logits."""
+        if boxes is not None:
+            raise PromptError("3D point models (FastSAM3D, SAM-Med3D) take point prompts only, not boxes")
+        if points is not None:
+            coords, labels = points
+            if coords.dim() != 3 or coords.shape[-1] != 3 or tuple(labels.shape) != tuple(coords.shape[:2]):
+                raise PromptError(
+                    f"3D points must be coords (B, N, 3) and labels (B, N), got {tuple(coords.shape)} and {tuple(labels.shape)}"
+                )
+            batch = coords.shape[0]
+        elif masks is not None:
+            batch = masks.shape[0]
+        else:
+            batch = 1
+        if masks is not None and tuple(masks.shape[1:]) != (1, *self.mask_input_size):
+            raise PromptError(f"mask prompt must have shape (B, 1, {', '.join(map(str, self.mask_input_size))}), got {tuple(masks.shape)}")
+        device = self.no_mask_embed.weight.device
+        sparse = torch.empty((batch, 0, self.embed_dim), device=device)
+        if points is not None:
+            sparse = torch.cat([sparse, self._embed_points(*points)], dim=1)
+        if masks is not None:
+            dense = self.mask_downscaling(masks)
+        else:
+            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1, 1).expand(batch, -1, *self.image_embedding_size)
+        return sparse, dense
+
+
+class MaskDecoder3D(nn.Module):
+    """Image embedding + prompt embeddings -> (B, 1|3, 32, 32, 32) low-res logits and IoU predictions.
+
+    The two-way transformer works on flattened tokens and is shared with the 2D decoder (ReLU MLP, LayerNorm eps 1e-5,
+    cross-attention internal width 192)."""
+
+    def __init__(
+        self,
+        transformer_dim: int = 384,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer = TwoWayTransformer(
+            depth=2, embedding_dim=transformer_dim, num_heads=8, mlp_dim=2048, activation=nn.ReLU, norm_eps=1e-5
+        )
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose3d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm3d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose3d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        masks, iou = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, chosen], iou[:, chosen]
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """All mask tokens: (B, 4, 32, 32, 32) logits and (B, 4) IoU predictions."""
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.shape[0], -1, -1)
+        tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
+
+        # one image embedding per prompt set
+        src = torch.repeat_interleave(image_embeddings, tokens.shape[0] // image_embeddings.shape[0], dim=0)
+        src = src + dense_prompt_embeddings
+        pos_src = torch.repeat_interleave(image_pe, tokens.shape[0] // image_pe.shape[0], dim=0)
+        b, c, d, h, w = src.shape
+
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, d, h, w))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        b, c, d, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, c, d * h * w)).reshape(b, -1, d, h, w)
+        return masks, self.iou_prediction_head(iou_token_out)
