@@ -6,7 +6,7 @@ lies at k = 0. All functions take one point (3,) or many (N, 3) and compute in f
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Sequence, Tuple, Union
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from .imageio import Image
 from .prompts import Box3D, Point
 
 ArrayLike = Union[np.ndarray, Sequence[float], Sequence[Sequence[float]]]
+Vector3 = Tuple[float, float, float]
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 SPACES = ("lps", "ras")
 # Corners this close (in voxels) to a voxel boundary count as on it, so float noise cannot add a slice.
@@ -43,6 +44,16 @@ def ijk_to_ras_matrix(image: Image) -> np.ndarray:
 
 def ras_to_ijk_matrix(image: Image) -> np.ndarray:
     return np.linalg.inv(ijk_to_ras_matrix(image))
+
+
+def geometry_from_ijk_to_ras(matrix: ArrayLike) -> Tuple[Vector3, Vector3, np.ndarray]:
+    """(spacing, origin, direction) in ITK's LPS terms from a Slicer IJKToRAS 4x4 (e.g. a volume node's), for
+    `Image(array, spacing, origin, direction)` in that node's own voxel order."""
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(matrix, dtype=np.float64).reshape(4, 4)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    sx, sy, sz = (float(v) for v in spacing)
+    ox, oy, oz = (float(v) for v in lps[:3, 3])
+    return (sx, sy, sz), (ox, oy, oz), lps[:3, :3] / spacing
 
 
 def lps_to_ras(points: ArrayLike) -> np.ndarray:
@@ -116,6 +127,7 @@ __all__ = [
     "ijk_to_lps_matrix",
     "ijk_to_ras_matrix",
     "ras_to_ijk_matrix",
+    "geometry_from_ijk_to_ras",
     "lps_to_ras",
     "ras_to_lps",
     "index_to_lps",
