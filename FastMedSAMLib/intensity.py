@@ -11,8 +11,8 @@
 5. anything else (MR, uint16 microscopy, float) -> "percentile_positive": clip to the 0.5/99.5 percentiles of the
    voxels > 0, min-max to 0-255, and voxels that were 0 stay 0.
 
-"min-max" is over the clipped image (as in the CVPR24 MedSAM pre-processing), the result truncated to uint8; a
-constant image gives zeros. Statistics are over the whole image or volume, never per slice. RGB images are treated
+"min-max" is over the clipped image, the result truncated to uint8, bit for bit as the CVPR24 MedSAM
+pre-processing computes it with numpy (float32 arithmetic for float32 voxels); a constant image gives zeros. Statistics are over the whole image or volume, never per slice. RGB images are treated
 as one array of values. Shape is kept: (Z, Y, X), (Y, X) or (Y, X, 3).
 """
 from __future__ import annotations
@@ -61,12 +61,12 @@ def to_uint8(image: Image, window: Optional[Tuple[float, float]] = None) -> np.n
     elif rule == "ct_window":
         lo, hi = CT_WINDOW
     elif rule == "percentile_all":
-        lo, hi = (float(v) for v in np.percentile(array, PERCENTILES))
+        lo, hi = np.percentile(array, PERCENTILES)
     else:
         positive = array[array > 0]
         if positive.size == 0:
             return np.zeros(array.shape, dtype=np.uint8)
-        lo, hi = (float(v) for v in np.percentile(positive, PERCENTILES))
+        lo, hi = np.percentile(positive, PERCENTILES)
     return _clip_min_max(array, lo, hi, keep_zeros=rule == "percentile_positive", by_slice=image.is_volume)
 
 
@@ -81,17 +81,20 @@ def _check_window(window: Optional[Tuple[float, float]]) -> Tuple[float, float]:
 
 
 def _clip_min_max(array: np.ndarray, lo: float, hi: float, keep_zeros: bool, by_slice: bool) -> np.ndarray:
-    """clip(array, lo, hi), min-max of the clipped values to 0-255, truncated to uint8, in float64 (a volume slice
-    by slice to bound memory; the result is the same)."""
-    cmin = float(np.clip(array.min(), lo, hi))
-    cmax = float(np.clip(array.max(), lo, hi))
+    """clip(array, lo, hi), min-max of the clipped values to 0-255, truncated to uint8.
+
+    Arithmetic runs in the dtype numpy gives the reference script: float32 for float32 voxels, else float64.
+    A volume is done slice by slice to bound memory (same result)."""
+    work = array.dtype if array.dtype.kind == "f" and array.dtype.itemsize >= 4 else np.dtype(np.float64)
+    lo, hi = work.type(lo), work.type(hi)
+    cmin = np.clip(work.type(array.min()), lo, hi)
+    cmax = np.clip(work.type(array.max()), lo, hi)
     out = np.zeros(array.shape, dtype=np.uint8)
     if cmax <= cmin:
         return out
     chunks, targets = (array, out) if by_slice else (array[None], out[None])
     for source, target in zip(chunks, targets):
-        values = np.clip(source.astype(np.float64), lo, hi)
-        scaled = (values - cmin) / (cmax - cmin) * 255.0
+        scaled = (np.clip(source.astype(work), lo, hi) - cmin) / (cmax - cmin) * 255.0
         target[...] = scaled.astype(np.uint8)
         if keep_zeros:
             target[source == 0] = 0
