@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -322,7 +323,7 @@ def _read_npz(path: Path, key: str) -> Image:
             direction = npz["direction"] if "direction" in npz.files else np.eye(3)
     except ImageError:
         raise
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ImageError(f"cannot read {path} as an npz archive: {error}") from error
     return Image(array, spacing=spacing, origin=origin, direction=direction, source=f"{path}{MEMBER_SEPARATOR}{key}")
 

@@ -292,7 +292,7 @@ def test_dicom_series_folder_reads_with_geometry_and_modality(real_ct_volume: si
     assert_geometry(image, spacing, origin, direction, atol=1e-6)
     assert image.modality_hint == "CT"
     single = read_image(files[3])  # one slice: a 2D image that keeps its place in space
-    assert single.array.shape == image.array.shape[1:] and not single.is_volume
+    assert single.array.shape == image.array.shape[1:] and not single.is_volume and single.modality_hint == "CT"
     np.testing.assert_allclose(single.origin, real_ct_volume.TransformIndexToPhysicalPoint((0, 0, 3)), atol=1e-6)
     np.testing.assert_array_equal(single.array, image.array[3])
 
@@ -358,6 +358,10 @@ def test_missing_and_garbage_files_raise_image_error(tmp_path: Path):
             read_image(tmp_path / name)
         with pytest.raises(ImageError):
             read_label(tmp_path / name)
+    for name, content in (("empty.npz", b""), ("truncated.npz", b"PK\x03\x04" + garbage[:100]), ("empty.nrrd", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ImageError, match="cannot read"):
+            read_image(tmp_path / name)
 
 
 def test_wrong_npz_member_and_member_on_non_npz(data_dir: Path):
