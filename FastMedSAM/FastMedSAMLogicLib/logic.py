@@ -1,0 +1,391 @@
+"""`FastMedSAMLogic`: volume + markups prompts -> Session -> mask written into one segment. No Qt.
+
+Every prediction is three steps so that a GUI can run the middle one on a worker thread:
+`prepare_*` (main thread: reads MRML nodes), `predict` (any one thread: the Session only, never MRML) and
+`apply` (main thread: writes the segment, records undo and timings). `segment_box` / `segment_slice` run all
+three in a row.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from slicer import util
+
+from FastMedSAMLib.errors import FastMedSAMError, ImageError, PromptError
+from FastMedSAMLib.prompts import Box, Box3D, Point
+
+from . import prompt_nodes, segment_io
+from .geometry import ijk_to_local, ijk_to_world, lps_geometry, parent_to_world
+from .overlay import TimingHistory, TimingRecord, format_overlay
+from .parameters import Parameters
+from .segment_io import Region, read_region, write_region
+from .undo import UndoStack, UndoState
+
+SessionFactory = Callable[[str, str], object]  # (model, device) -> FastMedSAMLib.Session
+
+
+def _default_session_factory(model: str, device: str):
+    from FastMedSAMLib import Session
+
+    return Session(model=model, device=device)
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+@dataclass
+class ImagePayload:
+    """What the Session needs to (re)load the image; absent from a request when the Session already has it."""
+
+    array: np.ndarray
+    spacing: Tuple[float, float, float]
+    origin: Tuple[float, float, float]
+    direction: np.ndarray
+
+
+@dataclass
+class Request:
+    kind: str  # "slice" or "3D"
+    model: str
+    device: str
+    volume_id: str
+    segmentation_id: str
+    segment_id: str
+    image_key: tuple
+    shape_kji: Tuple[int, int, int]
+    is_2d_image: bool  # a one-slice volume goes to the Session as a 2D image
+    prompt_key: tuple  # which prompt nodes produced it: a re-run with the same ones refines the pending result
+    prompt_region: Region
+    box: Optional[object] = None  # Box or Box3D, voxel indices
+    points: Optional[List[Point]] = None
+    slice_index: Optional[int] = None
+    image: Optional[ImagePayload] = None
+    logic_ms: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    prediction: object  # FastMedSAMLib.Prediction
+    device: str
+    set_image_ms: float
+
+
+@dataclass
+class SegmentResult:
+    prediction: object  # FastMedSAMLib.Prediction
+    region: Region  # where the segment was rewritten (volume voxel indices)
+    timings: Dict[str, float]  # the Session's per-stage ms
+    logic_timings: Dict[str, float]  # the Logic's own ms: extract, set_image, prompts, write, total
+    record: TimingRecord
+    overlay_text: str
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.prediction.mask
+
+
+class FastMedSAMLogic:
+    """Scriptable entry point of the module.
+
+    >>> logic = FastMedSAMLogic(slicer.mrmlScene)
+    >>> result = logic.segment_box(volumeNode, roiNode, segmentationNode, segmentId, model="litemedsam")
+    >>> result.timings, result.logic_timings, result.overlay_text
+    """
+
+    def __init__(
+        self,
+        scene,
+        session_factory: SessionFactory = _default_session_factory,
+        history_size: int = 20,
+        undo_depth: int = 20,
+    ) -> None:
+        self.scene = scene
+        self._session_factory = session_factory
+        self._sessions: Dict[Tuple[str, str], object] = {}
+        self._loaded_image: Dict[Tuple[str, str], tuple] = {}  # (model, device) -> image_key set in that Session
+        self.history = TimingHistory(history_size)
+        self.undo_stack = UndoStack(undo_depth)
+        self._observations: List[Tuple[object, int]] = []
+
+    # -- state in the scene ----------------------------------------------------------------------------------
+    @property
+    def parameters(self) -> Parameters:
+        return Parameters.get_or_create(self.scene)
+
+    def ensure_segment(self, segmentation, name: str = "FastMedSAM") -> str:
+        """The id of the segment called `name`, created empty if missing."""
+        segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
+        return segment_id or segmentation.GetSegmentation().AddEmptySegment("", name)
+
+    # -- sessions --------------------------------------------------------------------------------------------
+    def session(self, model: str, device: str):
+        """The warm Session for (model, device), created on first use (loads the weights)."""
+        key = (model, device)
+        if key not in self._sessions:
+            self._sessions[key] = self._session_factory(model, device)
+        return self._sessions[key]
+
+    def release_sessions(self) -> None:
+        self._sessions.clear()
+        self._loaded_image.clear()
+
+    # -- step 1: MRML -> request (main thread) ---------------------------------------------------------------
+    def _image_key(self, volume) -> tuple:
+        image = volume.GetImageData()
+        if image is None:
+            raise ImageError(f"volume {volume.GetName()!r} has no image data")
+        return (volume.GetID(), image.GetMTime(), tuple(ijk_to_local(volume).ravel()))
+
+    def _base_request(self, kind: str, volume, segmentation, segment_id: str, model: str, device: str,
+                      prompt_nodes_used: Sequence, slice_index: Optional[int]) -> Request:
+        if volume is None or segmentation is None:
+            raise PromptError("choose an input volume and an output segmentation first")
+        if segmentation.GetSegmentation().GetSegment(segment_id) is None:
+            raise PromptError(f"segmentation {segmentation.GetName()!r} has no segment {segment_id!r}")
+        start = time.perf_counter()
+        key = self._image_key(volume)
+        dims = volume.GetImageData().GetDimensions()
+        shape_kji = (dims[2], dims[1], dims[0])
+        image = None
+        if self._loaded_image.get((model, device)) != key:
+            array = util.arrayFromVolume(volume)
+            if array.ndim == 4 and array.shape[-1] != 3:
+                raise ImageError(f"volume {volume.GetName()!r} has {array.shape[-1]} components; FastMedSAM takes 1 or 3")
+            # world geometry when the parent transforms are linear; the volume's own otherwise (only pixels matter)
+            matrix = ijk_to_world(volume) if parent_to_world(volume) is not None else ijk_to_local(volume)
+            spacing, origin, direction = lps_geometry(matrix)
+            image = ImagePayload(np.array(array[0] if shape_kji[0] == 1 else array), spacing, origin, direction)
+        extract_ms = _ms_since(start)
+        prompt_key = (kind, tuple(sorted(n.GetID() for n in prompt_nodes_used)), slice_index)
+        return Request(
+            kind=kind, model=model, device=device, volume_id=volume.GetID(), segmentation_id=segmentation.GetID(),
+            segment_id=segment_id, image_key=key, shape_kji=shape_kji, is_2d_image=shape_kji[0] == 1,
+            prompt_key=prompt_key, prompt_region=Region(0, 0, 0, 0, 0, 0), slice_index=slice_index, image=image,
+            logic_ms={"extract": extract_ms},
+        )
+
+    def prepare_box(self, volume, roi, segmentation, segment_id: str, model: str = "litemedsam",
+                    device: str = "auto") -> Request:
+        """A 3D box (ROI node, any orientation, world coordinates) -> slice propagation / 3D prediction."""
+        if roi is None or not prompt_nodes.is_roi(roi):
+            raise PromptError("a 3D box prompt needs a markups ROI node")
+        request = self._base_request("3D", volume, segmentation, segment_id, model, device, [roi], None)
+        start = time.perf_counter()
+        box = prompt_nodes.box3d_from_roi(volume, roi)
+        depth = request.shape_kji[0]
+        if box.z1 < 0 or box.z0 > depth - 1:
+            raise PromptError(f"ROI {roi.GetName()!r} covers slices {box.z0}..{box.z1}, outside the volume (0..{depth - 1})")
+        if request.is_2d_image:
+            request.kind, request.slice_index, box = "slice", 0, box.slice_box(0)
+        request.box = box
+        request.prompt_region = self._box_region(box, request.shape_kji)
+        request.logic_ms["prompts"] = _ms_since(start)
+        return request
+
+    def prepare_slice(self, volume, prompt_nodes_used: Sequence, segmentation, segment_id: str, slice_index: int,
+                      model: str = "litemedsam", device: str = "auto") -> Request:
+        """Prompts on one slice: an ROI's in-plane box on that slice, and/or the include/exclude points on it."""
+        request = self._base_request("slice", volume, segmentation, segment_id, model, device,
+                                     prompt_nodes_used, slice_index)
+        start = time.perf_counter()
+        depth = request.shape_kji[0]
+        if not (isinstance(slice_index, (int, np.integer)) and 0 <= slice_index < depth):
+            raise PromptError(f"slice index {slice_index!r} is not a slice of this volume (0..{depth - 1})")
+        rois = [n for n in prompt_nodes_used if prompt_nodes.is_roi(n)]
+        if len(rois) > 1:
+            raise PromptError(f"one box per slice prediction, got {len(rois)} ROI nodes")
+        box = prompt_nodes.box_from_roi(volume, rois[0], int(slice_index)) if rois else None
+        points = prompt_nodes.points_on_slice(prompt_nodes.points_from_nodes(volume, prompt_nodes_used), int(slice_index))
+        if box is None and not points:
+            raise PromptError(f"no prompt on slice {slice_index}: place a box or a point on it")
+        if request.is_2d_image:
+            box = Box(box.x0, box.y0, box.x1, box.y1) if box is not None else None
+            points = [Point(p.x, p.y, None, p.positive) for p in points]
+        request.box, request.points = box, points or None
+        region = self._box_region(box, request.shape_kji) if box is not None else None
+        if points:
+            point_region = self._points_region(points, int(slice_index), request.shape_kji)
+            region = point_region if region is None else region.union(point_region)
+        request.prompt_region = region
+        request.logic_ms["prompts"] = _ms_since(start)
+        return request
+
+    @staticmethod
+    def _box_region(box, shape_kji) -> Region:
+        if isinstance(box, Box3D):
+            k0, k1 = int(box.z0), int(box.z1)
+        else:
+            k0 = k1 = 0 if box.z is None else int(box.z)
+        return Region(k0, k1, math.floor(box.y0), math.ceil(box.y1), math.floor(box.x0), math.ceil(box.x1)).clipped(shape_kji)
+
+    @staticmethod
+    def _points_region(points: Sequence[Point], k: int, shape_kji) -> Region:
+        xs = [p.x for p in points]
+        ys = [p.y for p in points]
+        return Region(k, k, math.floor(min(ys)), math.ceil(max(ys)), math.floor(min(xs)), math.ceil(max(xs))).clipped(shape_kji)
+
+    # -- step 2: the Session (worker thread; no MRML here) ---------------------------------------------------
+    def predict(self, request: Request) -> Outcome:
+        session = self.session(request.model, request.device)
+        set_image_ms = 0.0
+        if request.image is not None:
+            start = time.perf_counter()
+            payload = request.image
+            session.set_image(payload.array, spacing=payload.spacing, origin=payload.origin, direction=payload.direction)
+            self._loaded_image[(request.model, request.device)] = request.image_key
+            set_image_ms = _ms_since(start)
+        elif self._loaded_image.get((request.model, request.device)) != request.image_key:
+            raise FastMedSAMError("the image changed since this prompt was prepared; prompt again")
+        prediction = session.predict(box=request.box, points=request.points)
+        return Outcome(prediction, str(getattr(session, "device", request.device)), set_image_ms)
+
+    # -- step 3: mask -> segment (main thread) ---------------------------------------------------------------
+    def apply(self, request: Request, outcome: Outcome) -> SegmentResult:
+        start = time.perf_counter()
+        volume = self.scene.GetNodeByID(request.volume_id)
+        segmentation = self.scene.GetNodeByID(request.segmentation_id)
+        if volume is None or segmentation is None:
+            raise FastMedSAMError("the volume or segmentation was removed while the prediction ran")
+        self.attach_segmentation(volume, segmentation)
+        prediction = outcome.prediction
+        mask = self._mask_kji(request, prediction)
+        written = self._write_region(request, prediction, mask)
+        pending = self._refined_state(request, written)
+        region = written if pending is None else written.union(pending.region)
+        current = read_region(segmentation, request.segment_id, volume, region)
+        new = current.copy()
+        if pending is not None:
+            self._paste(new, region, pending.region, pending.previous)
+        self._paste(new, region, written, mask[written.slices])
+        write_region(segmentation, request.segment_id, volume, region, new)
+        self.undo_stack.push(UndoState(segmentation.GetID(), request.segment_id, volume.GetID(), region, current,
+                                       prompt_key=request.prompt_key))
+        logic_ms = dict(request.logic_ms)
+        logic_ms["set_image"] = outcome.set_image_ms
+        logic_ms["write"] = _ms_since(start)
+        logic_ms["total"] = sum(logic_ms.values())
+        record = TimingRecord(
+            model=request.model, device=outcome.device, kind=request.kind, session_ms=dict(prediction.timings),
+            logic_ms=logic_ms, encoder_calls=int(prediction.encoder_calls), slices=region.shape[0],
+        )
+        self.history.add(record)
+        return SegmentResult(prediction, region, dict(prediction.timings), logic_ms, record, format_overlay(record))
+
+    def attach_segmentation(self, volume, segmentation) -> None:
+        """Put an empty segmentation under the volume's parent transform and give it the volume's geometry.
+
+        A segmentation that already holds voxels keeps its transform (moving it would move them); masks are then
+        written through the linear relation between the two frames."""
+        if segmentation.GetTransformNodeID() is None and volume.GetTransformNodeID() is not None:
+            if not segment_io.has_voxels(segmentation):
+                segmentation.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+        if not segmentation.GetNodeReferenceID(segmentation.GetReferenceImageGeometryReferenceRole()):
+            segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+
+    @staticmethod
+    def _mask_kji(request: Request, prediction) -> np.ndarray:
+        """The prediction as a (K, J, I) bool volume in the volume's grid."""
+        mask = np.asarray(prediction.mask, dtype=bool)
+        if mask.ndim == 2:
+            full = np.zeros(request.shape_kji, dtype=bool)
+            k = request.slice_index if prediction.slice_index is None else prediction.slice_index
+            full[int(k)] = mask
+            return full
+        if mask.shape != tuple(request.shape_kji):
+            raise FastMedSAMError(f"the model returned a mask of shape {mask.shape} for a volume of {request.shape_kji}")
+        return mask
+
+    @staticmethod
+    def _write_region(request: Request, prediction, mask: np.ndarray) -> Region:
+        """The prompt's box on the affected slices, grown to hold every predicted voxel on them."""
+        region = request.prompt_region
+        z_range = getattr(prediction, "z_range", None)
+        if request.kind == "3D" and z_range is not None:
+            region = Region(int(z_range[0]), int(z_range[1]), region.j0, region.j1, region.i0, region.i1)
+        part = mask[region.k0:region.k1 + 1]
+        if part.any():
+            _, js, is_ = np.nonzero(part)
+            region = region.union(Region(region.k0, region.k1, int(js.min()), int(js.max()), int(is_.min()), int(is_.max())))
+        return region
+
+    def _refined_state(self, request: Request, region: Region) -> Optional[UndoState]:
+        """The previous pending result of the same prompts on overlapping slices: a re-run replaces it."""
+        last = self.undo_stack.peek()
+        if (last is None or last.accepted or last.prompt_key != request.prompt_key
+                or last.segmentation_id != request.segmentation_id or last.segment_id != request.segment_id
+                or last.region.k1 < region.k0 or last.region.k0 > region.k1):
+            return None
+        return last
+
+    @staticmethod
+    def _paste(target: np.ndarray, target_region: Region, part: Region, values: np.ndarray) -> None:
+        target[
+            part.k0 - target_region.k0:part.k1 - target_region.k0 + 1,
+            part.j0 - target_region.j0:part.j1 - target_region.j0 + 1,
+            part.i0 - target_region.i0:part.i1 - target_region.i0 + 1,
+        ] = values
+
+    # -- the scriptable surface ------------------------------------------------------------------------------
+    def segment_box(self, volumeNode, roiNode, segmentationNode, segmentId: str, model: str = "litemedsam",
+                    device: str = "auto") -> SegmentResult:
+        """3D ROI -> slice-by-slice propagation (2D box models) or a 3D prediction; one undo state."""
+        request = self.prepare_box(volumeNode, roiNode, segmentationNode, segmentId, model, device)
+        return self.apply(request, self.predict(request))
+
+    def segment_slice(self, volumeNode, promptNodes: Sequence, segmentationNode, segmentId: str, sliceIndex: int,
+                      model: str = "litemedsam", device: str = "auto") -> SegmentResult:
+        """Box (ROI) and/or include/exclude points on slice `sliceIndex` -> that slice; one undo state."""
+        request = self.prepare_slice(volumeNode, promptNodes, segmentationNode, segmentId, sliceIndex, model, device)
+        return self.apply(request, self.predict(request))
+
+    # -- undo / accept / clear -------------------------------------------------------------------------------
+    def undo(self) -> bool:
+        """Restore the region the newest prompt rewrote. False when there is nothing to undo."""
+        state = self.undo_stack.pop()
+        if state is None:
+            return False
+        segmentation = self.scene.GetNodeByID(state.segmentation_id)
+        volume = self.scene.GetNodeByID(state.volume_id)
+        if segmentation is None or volume is None or segmentation.GetSegmentation().GetSegment(state.segment_id) is None:
+            raise FastMedSAMError("cannot undo: the segmentation, segment or volume of that prompt was removed")
+        write_region(segmentation, state.segment_id, volume, state.region, state.previous)
+        return True
+
+    def accept(self) -> None:
+        """Keep the results so far: later prompts start a new object instead of refining these."""
+        self.undo_stack.accept()
+
+    def clear(self) -> int:
+        """Undo every result not accepted yet; returns how many were undone."""
+        count = len(self.undo_stack.pending())
+        for _ in range(count):
+            self.undo()
+        return count
+
+    # -- prompt events ---------------------------------------------------------------------------------------
+    def watch_prompt_nodes(self, nodes: Sequence, callback: Callable[[object], None]) -> None:
+        """Call `callback(node)` whenever a point is placed on one of `nodes` or a handle drag ends."""
+        self.unwatch_prompt_nodes()
+        for node in nodes:
+            if node is None:
+                continue
+            for event in (node.PointPositionDefinedEvent, node.PointEndInteractionEvent):
+                tag = node.AddObserver(event, lambda caller, _event, cb=callback: cb(caller))
+                self._observations.append((node, tag))
+
+    def unwatch_prompt_nodes(self) -> None:
+        for node, tag in self._observations:
+            node.RemoveObserver(tag)
+        self._observations.clear()
+
+    def cleanup(self) -> None:
+        self.unwatch_prompt_nodes()
+        self.release_sessions()
+
+
+__all__ = ["FastMedSAMLogic", "SegmentResult", "Request", "Outcome"]

@@ -1,0 +1,74 @@
+"""What the panel shows about each model and which prompt tools it enables, read from the engine's registry."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+from FastMedSAMLib.registry import ModelSpec, get_spec, list_specs
+
+# panel tool -> the registry prompt type it produces
+TOOLS: Dict[str, str] = {"include_point": "point", "exclude_point": "point", "box_2d": "box", "roi_3d": "box"}
+TOOL_LABELS = {"include_point": "include point", "exclude_point": "exclude point", "box_2d": "2D box", "roi_3d": "3D box"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    dimensionality: str
+    prompts: Tuple[str, ...]
+    licence: str
+    size_bytes: int
+    weights_state: str  # missing | verified | unchecked | unpinned | corrupt
+    downloadable: bool  # an automatic source exists (else the weights are a manual download)
+
+    @property
+    def downloaded(self) -> bool:
+        return self.weights_state in ("verified", "unchecked", "unpinned")
+
+    def summary(self) -> str:
+        size = f"{self.size_bytes / 2**20:.0f} MB" if self.size_bytes else "size unknown"
+        return (
+            f"{self.dimensionality} model, prompts: {', '.join(self.prompts)} | {size} | licence {self.licence} | "
+            f"weights: {'downloaded' if self.downloaded else self.weights_state}"
+        )
+
+
+def model_info(spec: ModelSpec) -> ModelInfo:
+    from FastMedSAMLib.weights import cache_state
+
+    return ModelInfo(
+        name=spec.name,
+        description=spec.description,
+        dimensionality=spec.dimensionality,
+        prompts=spec.prompts,
+        licence=spec.licence,
+        size_bytes=spec.size or 0,
+        weights_state=cache_state(spec.name),
+        downloadable=any(source.auto for source in spec.sources),
+    )
+
+
+def catalog() -> List[ModelInfo]:
+    """Every segmentation model of the registry (pause heads are an option of their base model, not a model)."""
+    return [model_info(spec) for spec in list_specs() if spec.role == "model"]
+
+
+def tool_states(model: str) -> Dict[str, Tuple[bool, str]]:
+    """tool -> (enabled, tooltip). A disabled tool's tooltip says which prompts the model takes instead."""
+    spec = get_spec(model)
+    states = {}
+    for tool, prompt in TOOLS.items():
+        if prompt in spec.prompts:
+            states[tool] = (True, f"Place a {TOOL_LABELS[tool]} prompt")
+        else:
+            states[tool] = (False, f"{spec.name} does not take {prompt} prompts (it takes: {', '.join(spec.prompts)})")
+    if spec.dimensionality == "3D":
+        states["box_2d"] = (False, f"{spec.name} is a 3D model: it segments the volume, not one slice")
+    return states
+
+
+def propagates(model: str) -> bool:
+    """2D box models turn a 3D box into a volume mask slice by slice; 3D models predict the volume directly."""
+    spec = get_spec(model)
+    return spec.dimensionality == "3D" or "box" in spec.prompts

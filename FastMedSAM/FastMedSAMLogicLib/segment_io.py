@@ -1,0 +1,114 @@
+"""Read and replace one box-shaped region of one segment, in the voxel grid of the source volume.
+
+Only the region is written: `SetBinaryLabelmapToSegment` with MODE_REPLACE would replace the whole segment even
+with an extent, so the region is first cleared (MERGE_MIN with zeros: only this segment's voxels drop) and then
+filled with MERGE_MASK, which writes the segment's own label value. (MERGE_MAX would copy the mask's raw 1s into a
+shared labelmap, i.e. into whichever segment has label value 1.) Other segments are never overwritten: where the
+mask overlaps another segment of a shared labelmap, Slicer moves the written segment to its own layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+import vtk
+from slicer import util, vtkOrientedImageData, vtkOrientedImageDataResample, vtkSlicerSegmentationsModuleLogic
+from vtk.util import numpy_support
+
+from FastMedSAMLib.errors import FastMedSAMError
+
+from .geometry import ijk_to_segmentation
+
+
+@dataclass(frozen=True)
+class Region:
+    """Inclusive voxel index ranges of the volume grid: slices k0..k1, rows j0..j1, columns i0..i1."""
+
+    k0: int
+    k1: int
+    j0: int
+    j1: int
+    i0: int
+    i1: int
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return (self.k1 - self.k0 + 1, self.j1 - self.j0 + 1, self.i1 - self.i0 + 1)
+
+    @property
+    def slices(self) -> Tuple[slice, slice, slice]:
+        """Index of this region in a (K, J, I) array."""
+        return (slice(self.k0, self.k1 + 1), slice(self.j0, self.j1 + 1), slice(self.i0, self.i1 + 1))
+
+    def union(self, other: "Region") -> "Region":
+        return Region(
+            min(self.k0, other.k0), max(self.k1, other.k1), min(self.j0, other.j0), max(self.j1, other.j1),
+            min(self.i0, other.i0), max(self.i1, other.i1),
+        )
+
+    def clipped(self, shape_kji: Tuple[int, int, int]) -> "Region":
+        depth, height, width = shape_kji
+        return Region(
+            max(self.k0, 0), min(self.k1, depth - 1), max(self.j0, 0), min(self.j1, height - 1),
+            max(self.i0, 0), min(self.i1, width - 1),
+        )
+
+
+def _region_image(volume, segmentation, region: Region) -> vtkOrientedImageData:
+    image = vtkOrientedImageData()
+    image.SetExtent(region.i0, region.i1, region.j0, region.j1, region.k0, region.k1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    image.GetPointData().GetScalars().Fill(0)
+    image.SetImageToWorldMatrix(util.vtkMatrixFromArray(ijk_to_segmentation(volume, segmentation)))
+    return image
+
+
+def _voxels(image: vtkOrientedImageData, shape: Tuple[int, int, int]) -> np.ndarray:
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape)
+
+
+def read_region(segmentation, segment_id: str, volume, region: Region) -> np.ndarray:
+    """The segment's voxels inside `region` as a bool array of `region.shape`."""
+    if segmentation.GetSegmentation().GetSegment(segment_id) is None:
+        raise FastMedSAMError(f"segmentation {segmentation.GetName()!r} has no segment {segment_id!r}")
+    labelmap = vtkOrientedImageData()
+    vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation, segment_id, labelmap, False)
+    extent = labelmap.GetExtent()
+    if extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]:
+        return np.zeros(region.shape, dtype=bool)
+    reference = _region_image(volume, segmentation, region)
+    resampled = vtkOrientedImageData()
+    if not vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, reference, resampled):
+        raise FastMedSAMError(f"could not read segment {segment_id!r} in the volume's geometry")
+    label_value = segmentation.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    return _voxels(resampled, region.shape) == label_value  # a shared labelmap holds several segments
+
+
+def write_region(segmentation, segment_id: str, volume, region: Region, mask: np.ndarray) -> None:
+    """Replace the segment inside `region` by `mask` (bool, `region.shape`); nothing outside the region changes."""
+    if mask.shape != region.shape:
+        raise ValueError(f"mask shape {mask.shape} does not match region shape {region.shape}")
+    image = _region_image(volume, segmentation, region)
+    extent = image.GetExtent()
+    logic = vtkSlicerSegmentationsModuleLogic
+    logic.SetBinaryLabelmapToSegment(image, segmentation, segment_id, logic.MODE_MERGE_MIN, extent)
+    if mask.any():
+        _voxels(image, region.shape)[:] = mask
+        image.GetPointData().GetScalars().Modified()
+        logic.SetBinaryLabelmapToSegment(image, segmentation, segment_id, logic.MODE_MERGE_MASK, extent)
+
+
+def has_voxels(segmentation) -> bool:
+    """True when any segment of the segmentation holds at least one voxel."""
+    segments = segmentation.GetSegmentation()
+    for index in range(segments.GetNumberOfSegments()):
+        labelmap = vtkOrientedImageData()
+        vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+            segmentation, segments.GetNthSegmentID(index), labelmap, False
+        )
+        extent = labelmap.GetExtent()
+        if extent[0] <= extent[1] and extent[2] <= extent[3] and extent[4] <= extent[5]:
+            if labelmap.GetScalarRange()[1] > 0:
+                return True
+    return False

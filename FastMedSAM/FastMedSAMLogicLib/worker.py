@@ -1,0 +1,84 @@
+"""One persistent prediction thread (the model stays warm on it), newest request wins.
+
+The GUI submits requests and polls for outcomes from its own (main) thread, where MRML may be touched; the
+worker only runs `run(request)`, which must not touch MRML. A request submitted while another waits replaces
+it; a result whose request was superseded while running is dropped. Exceptions come back as outcomes.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional
+
+
+@dataclass
+class Outcome:
+    ticket: int
+    request: Any
+    result: Any = None
+    error: Optional[BaseException] = None
+
+
+class PredictionWorker:
+    def __init__(self, run: Callable[[Any], Any], name: str = "FastMedSAM-predictor") -> None:
+        self._run = run
+        self._condition = threading.Condition()
+        self._pending: Optional[tuple] = None
+        self._outcomes: List[Outcome] = []
+        self._latest = 0
+        self._running: Optional[int] = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Any) -> int:
+        """Queue `request`, superseding any request not finished yet; returns its ticket."""
+        with self._condition:
+            if self._closed:
+                raise RuntimeError("the prediction worker is closed")
+            self._latest += 1
+            self._pending = (self._latest, request)
+            self._condition.notify()
+            return self._latest
+
+    def poll(self) -> List[Outcome]:
+        """Outcomes ready since the last poll (only the newest request's; superseded ones are dropped)."""
+        with self._condition:
+            outcomes, self._outcomes = self._outcomes, []
+        return outcomes
+
+    @property
+    def busy(self) -> bool:
+        with self._condition:
+            return self._pending is not None or self._running is not None
+
+    def wait_idle(self, timeout: Optional[float] = None) -> bool:
+        with self._condition:
+            return self._condition.wait_for(lambda: self._pending is None and self._running is None, timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._condition:
+            self._closed = True
+            self._pending = None
+            self._condition.notify_all()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: self._pending is not None or self._closed)
+                if self._closed:
+                    return
+                ticket, request = self._pending
+                self._pending = None
+                self._running = ticket
+            outcome = Outcome(ticket, request)
+            try:
+                outcome.result = self._run(request)
+            except BaseException as error:  # reported to the GUI, never lost in the thread
+                outcome.error = error
+            with self._condition:
+                self._running = None
+                if ticket == self._latest:
+                    self._outcomes.append(outcome)
+                self._condition.notify_all()

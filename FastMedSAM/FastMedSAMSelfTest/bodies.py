@@ -1,0 +1,360 @@
+"""Test bodies shared by pytest (`Testing/Python/test_slicer_logic.py`, slicer-core) and `FastMedSAMTest` (inside
+Slicer). Each takes a `SelfTestContext`, raises AssertionError on failure and returns the figures it measured."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+import vtk
+
+from FastMedSAMLib.errors import PromptError
+from FastMedSAMLogicLib import FastMedSAMLogic
+from FastMedSAMLogicLib.geometry import world_to_ijk
+from FastMedSAMLogicLib.overlay import format_overlay
+from FastMedSAMLogicLib.parameters import Parameters
+from FastMedSAMLogicLib.prompt_nodes import EXCLUDE, INCLUDE, box3d_from_roi, box_from_roi, points_from_nodes
+from FastMedSAMLogicLib.segment_io import Region, write_region
+from FastMedSAMLogicLib.worker import PredictionWorker
+
+from .scenario import (
+    LesionScene, add_points, add_roi_around, dice, place_roi, segment_array, segment_world_centroid,
+)
+
+MODEL = "litemedsam"
+DEVICE = "cpu"
+MIN_DICE_3D = 0.80  # LiteMedSAM with the GT box, middle-out over 3 slices (measured ~0.9)
+MIN_DICE_SLICE = 0.80
+EXACT_VOXELS = 1e-4  # markups keep control points in float32: ~1e-5 mm at 300 mm from the origin
+
+
+@dataclass
+class SelfTestContext:
+    scene: object
+    volumes_logic: object
+    segmentations_logic: object
+    lesion: LesionScene
+    logic: FastMedSAMLogic
+    tmp_dir: Path
+
+    def new_segmentation(self, name: str, *segment_names: str) -> Tuple[object, List[str]]:
+        node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        node.CreateDefaultDisplayNodes()
+        ids = [node.GetSegmentation().AddEmptySegment("", segment_name) for segment_name in segment_names]
+        return node, ids
+
+    def exported(self, segmentation, segment_id: str) -> np.ndarray:
+        return segment_array(self.scene, self.segmentations_logic, segmentation, segment_id, self.lesion.volume)
+
+
+def _gt_box_roi(ctx: SelfTestContext, name: str = "GT box"):
+    return add_roi_around(ctx.scene, ctx.lesion, ctx.lesion.box, name)
+
+
+def geometry_roundtrip(ctx: SelfTestContext) -> Dict[str, float]:
+    """World prompts -> voxel prompts are exact through the oblique direction and the parent transform."""
+    k0, k1, j0, j1, i0, i1 = ctx.lesion.box
+    volume = ctx.lesion.volume
+    roi = _gt_box_roi(ctx)
+    box = box3d_from_roi(volume, roi)
+    got = np.array([box.x0, box.y0, box.z0, box.x1, box.y1, box.z1], dtype=float)
+    error = float(np.abs(got - np.array([i0, j0, k0, i1, j1, k1], dtype=float)).max())
+    assert error < EXACT_VOXELS, f"ROI -> Box3D is off by {error} voxels: {box} vs GT box {ctx.lesion.box}"
+    assert isinstance(box.z0, int) and isinstance(box.z1, int)
+    flat = box_from_roi(volume, roi, 6)
+    assert flat.z == 6 and abs(flat.x0 - i0) < EXACT_VOXELS and abs(flat.y1 - j1) < EXACT_VOXELS, flat
+    try:
+        box_from_roi(volume, roi, k1 + 1)
+    except PromptError as error_on_other_slice:
+        assert f"slice {k1 + 1}" in str(error_on_other_slice)
+    else:
+        raise AssertionError("an ROI was accepted as a box on a slice it does not cover")
+
+    voxels = [(i0 + 3, j0 + 4, 6), (i1 - 2, j1 - 5, 5)]
+    include = add_points(ctx.scene, ctx.lesion, voxels[:1], INCLUDE, "include")
+    exclude = add_points(ctx.scene, ctx.lesion, voxels[1:], EXCLUDE, "exclude")
+    points = points_from_nodes(volume, [include, exclude])
+    assert [p.positive for p in points] == [True, False]
+    point_error = max(abs(a - b) for p, v in zip(points, voxels) for a, b in zip((p.x, p.y, p.z), v))
+    assert point_error < EXACT_VOXELS, f"world points -> voxels off by {point_error}"
+
+    rng = np.random.default_rng(0)
+    ijk = rng.uniform(0, 100, size=(5, 3))
+    world = np.array([ctx.lesion.world(p) for p in ijk])
+    inverse_error = float(np.abs(world_to_ijk(volume, world) - ijk).max())
+    assert inverse_error < 1e-6, f"world_to_ijk is off by {inverse_error}"
+    for node in (roi, include, exclude):
+        ctx.scene.RemoveNode(node)
+    return {"roi_error_vox": error, "point_error_vox": point_error}
+
+
+def box_propagation(ctx: SelfTestContext) -> Dict[str, object]:
+    """3D ROI -> propagation: Dice vs GT, other segments / slices / same-slice content untouched, one undo state."""
+    lesion, volume = ctx.lesion, ctx.lesion.volume
+    k0, k1, j0, j1, i0, i1 = lesion.box
+    segmentation, (target, other) = ctx.new_segmentation("propagation", "lesion", "other")
+    ctx.logic.attach_segmentation(volume, segmentation)
+    assert segmentation.GetTransformNodeID() == volume.GetTransformNodeID(), "segmentation not under the volume's transform"
+    # content that must survive: the target segment on other slices and far away on a prompted slice,
+    # and another segment overlapping the lesion
+    shape = lesion.label.shape
+    full = Region(0, shape[0] - 1, 0, shape[1] - 1, 0, shape[2] - 1)
+    sentinel = np.zeros(shape, dtype=bool)
+    sentinel[1, 40:60, 40:60] = sentinel[11, 400:430, 100:120] = sentinel[6, 20:40, 20:40] = True
+    overlapping = np.zeros(shape, dtype=bool)
+    overlapping[4:9, j0 - 5:j1 + 5, i0 - 5:(i0 + i1) // 2] = True
+    write_region(segmentation, target, volume, full, sentinel)
+    write_region(segmentation, other, volume, full, overlapping)
+    target_before, other_before = ctx.exported(segmentation, target), ctx.exported(segmentation, other)
+    assert np.array_equal(target_before, sentinel) and np.array_equal(other_before, overlapping)
+
+    roi = _gt_box_roi(ctx)
+    undo_depth = len(ctx.logic.undo_stack)
+    result = ctx.logic.segment_box(volume, roi, segmentation, target, model=MODEL, device=DEVICE)
+    after = ctx.exported(segmentation, target)
+
+    assert result.prediction.z_range == (k0, k1), result.prediction.z_range
+    assert (result.region.k0, result.region.k1) == (k0, k1)
+    predicted = after & ~sentinel
+    score = dice(predicted[k0:k1 + 1], lesion.label[k0:k1 + 1])
+    assert score >= MIN_DICE_3D, f"Dice {score:.3f} < {MIN_DICE_3D}"
+    outside = np.ones(shape[0], dtype=bool)
+    outside[k0:k1 + 1] = False
+    assert np.array_equal(after[outside], target_before[outside]), "slices outside the ROI changed"
+    assert after[sentinel].all(), "content of the segment outside the prompt region was erased"
+    assert not predicted[outside].any()
+    assert np.array_equal(ctx.exported(segmentation, other), other_before), "another segment changed"
+    assert segmentation.GetTransformNodeID() == volume.GetTransformNodeID(), "segmentation not under the volume's transform"
+    assert len(ctx.logic.undo_stack) == undo_depth + 1, "one prompt must make exactly one undo state"
+
+    text = result.overlay_text
+    assert text == format_overlay(result.record)
+    assert MODEL in text and f"({DEVICE})" in text, text
+    timings = result.timings
+    assert set(timings) >= {"preprocess", "encode", "decode", "postprocess", "total"}, timings
+    if result.prediction.encoder_calls:
+        assert "encode cached" not in text and "encode " in text
+    assert "decode" in text and "total" in text and "logic" in text
+    assert set(result.logic_timings) == {"extract", "prompts", "set_image", "write", "total"}
+    assert ctx.logic.history.last is result.record
+
+    assert ctx.logic.undo() is True
+    assert np.array_equal(ctx.exported(segmentation, target), target_before), "undo did not restore the segment"
+    assert np.array_equal(ctx.exported(segmentation, other), other_before)
+    ctx.scene.RemoveNode(roi)
+    ctx.scene.RemoveNode(segmentation)
+    return {
+        "dice_3d": score,
+        "slices": k1 - k0 + 1,
+        "encoder_calls": result.prediction.encoder_calls,
+        "session_ms": timings,
+        "logic_ms": result.logic_timings,
+        "overlay": text,
+    }
+
+
+def slice_prompt(ctx: SelfTestContext) -> Dict[str, object]:
+    """2D box on one slice; re-prompting refines (replaces) the pending result; the repeat is a cache hit."""
+    lesion, volume = ctx.lesion, ctx.lesion.volume
+    k0, k1, j0, j1, i0, i1 = lesion.box
+    k = (k0 + k1) // 2
+    ks, js, is_ = np.nonzero(lesion.label[k:k + 1])
+    slice_box = (k, k, int(js.min()), int(js.max()), int(is_.min()), int(is_.max()))
+    loose = (k, k, slice_box[2] - 15, slice_box[3] + 15, slice_box[4] - 15, slice_box[5] + 15)
+    segmentation, (target,) = ctx.new_segmentation("slice", "lesion")
+    roi = add_roi_around(ctx.scene, lesion, loose, "slice box")
+    first = ctx.logic.segment_slice(volume, [roi], segmentation, target, k, model=MODEL, device=DEVICE)
+    first_state = ctx.exported(segmentation, target)
+    assert np.array_equal(first_state[k], first.mask) and not np.delete(first_state, k, axis=0).any()
+
+    # dragging the same ROI tighter: a refinement that replaces the pending result; the slice is cached now
+    place_roi(roi, lesion, slice_box)
+    ctx.logic.segment_slice(volume, [roi], segmentation, target, k, model=MODEL, device=DEVICE)
+    repeat = ctx.logic.segment_slice(volume, [roi], segmentation, target, k, model=MODEL, device=DEVICE)
+    assert repeat.prediction.encoder_calls == 0 and repeat.timings["encode"] == 0.0, repeat.timings
+    assert "encode cached" in repeat.overlay_text, repeat.overlay_text
+    state = ctx.exported(segmentation, target)
+    assert np.array_equal(state[k], repeat.mask), "the refined result must replace the pending one on the slice"
+    assert not np.delete(state, k, axis=0).any(), "a slice prompt wrote outside its slice"
+    score = dice(state[k], lesion.label[k])
+    assert score >= MIN_DICE_SLICE, f"slice Dice {score:.3f} < {MIN_DICE_SLICE}"
+
+    assert ctx.logic.undo()
+    ctx.logic.undo()
+    assert np.array_equal(ctx.exported(segmentation, target), first_state), "undo did not step back one prompt"
+    assert ctx.logic.clear() >= 1
+    assert not ctx.exported(segmentation, target).any(), "clear did not remove the pending results"
+    for node in (roi, segmentation):
+        ctx.scene.RemoveNode(node)
+    return {"dice_slice": score, "session_ms": repeat.timings, "logic_ms": repeat.logic_timings,
+            "overlay": repeat.overlay_text}
+
+
+def points_on_box_model(ctx: SelfTestContext) -> Dict[str, object]:
+    """A box-only model refuses points with a clear error, and nothing is written or lost."""
+    lesion = ctx.lesion
+    k0, k1, j0, j1, i0, i1 = lesion.box
+    segmentation, (target,) = ctx.new_segmentation("points", "lesion")
+    include = add_points(ctx.scene, lesion, [((i0 + i1) / 2, (j0 + j1) / 2, 6)], INCLUDE, "click")
+    depth = len(ctx.logic.undo_stack)
+    try:
+        ctx.logic.segment_slice(lesion.volume, [include], segmentation, target, 6, model=MODEL, device=DEVICE)
+    except PromptError as error:
+        message = str(error)
+    else:
+        raise AssertionError("a box-only model accepted a point prompt")
+    assert "box" in message, message
+    assert len(ctx.logic.undo_stack) == depth and not ctx.exported(segmentation, target).any()
+    for node in (include, segmentation):
+        ctx.scene.RemoveNode(node)
+    return {"error": message}
+
+
+def transform_and_export(ctx: SelfTestContext) -> Dict[str, object]:
+    """The mask lands on the lesion in world space; .seg.nrrd export and reload keep masks and geometry."""
+    from slicer import vtkMRMLSegmentationStorageNode, vtkOrientedImageData, vtkSlicerSegmentationsModuleLogic
+
+    lesion, volume = ctx.lesion, ctx.lesion.volume
+    k0, k1 = lesion.box[:2]
+    segmentation, (target,) = ctx.new_segmentation("export", "lesion")
+    roi = _gt_box_roi(ctx)
+    ctx.logic.segment_box(volume, roi, segmentation, target, model=MODEL, device=DEVICE)
+    ks, js, is_ = np.nonzero(lesion.label[k0:k1 + 1])
+    gt_world = lesion.world((is_.mean(), js.mean(), ks.mean() + k0))
+    offset = float(np.linalg.norm(segment_world_centroid(segmentation, target) - gt_world))
+    assert offset < 1.5, f"segment centroid is {offset:.2f} mm from the lesion in world space"
+
+    path = ctx.tmp_dir / "lesion.seg.nrrd"
+    storage = vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.WriteData(segmentation), f"could not write {path}"
+    reloaded = ctx.segmentations_logic.LoadSegmentationFromFile(str(path), True, "reloaded")
+    assert reloaded is not None, f"could not read {path}"
+    reloaded.SetAndObserveTransformNodeID(segmentation.GetTransformNodeID())
+    reloaded_id = reloaded.GetSegmentation().GetSegmentIdBySegmentName("lesion")
+    assert reloaded_id, "segment name lost in .seg.nrrd"
+    assert np.array_equal(ctx.exported(reloaded, reloaded_id), ctx.exported(segmentation, target))
+
+    def image_to_segmentation(node, segment_id) -> np.ndarray:
+        image = vtkOrientedImageData()
+        vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(node, segment_id, image, False)
+        matrix = vtk.vtkMatrix4x4()
+        image.GetImageToWorldMatrix(matrix)
+        return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+    volume_matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(volume_matrix)
+    volume_axes = np.array([[volume_matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
+    saved = image_to_segmentation(reloaded, reloaded_id)
+    axes_error = float(np.abs(saved[:3, :3] - volume_axes).max())
+    assert axes_error < 1e-6, f".seg.nrrd changed the voxel axes by {axes_error}"
+    assert np.abs(saved - image_to_segmentation(segmentation, target)).max() < 1e-6
+
+    # the segment follows the volume when the transform moves
+    moved = vtk.vtkMatrix4x4()
+    lesion.transform.GetMatrixTransformToParent(moved)
+    moved.SetElement(0, 3, moved.GetElement(0, 3) + 25.0)
+    lesion.transform.SetMatrixTransformToParent(moved)
+    try:
+        shift = segment_world_centroid(segmentation, target) - lesion.world((is_.mean(), js.mean(), ks.mean() + k0))
+        assert np.linalg.norm(shift) < 1.5, "the segment did not move with the volume's transform"
+    finally:
+        moved.SetElement(0, 3, moved.GetElement(0, 3) - 25.0)
+        lesion.transform.SetMatrixTransformToParent(moved)
+    ctx.logic.accept()
+    for node in (roi, segmentation, reloaded):
+        ctx.scene.RemoveNode(node)
+    return {"centroid_offset_mm": offset, "axes_error": axes_error, "seg_nrrd": str(path)}
+
+
+def parameter_node_roundtrip(ctx: SelfTestContext) -> Dict[str, object]:
+    """Saving and reloading the scene keeps the module's parameters and node references."""
+    from slicer import vtkMRMLScene
+
+    segmentation, (target,) = ctx.new_segmentation("saved", "lesion")
+    params = ctx.logic.parameters
+    params.set_reference("InputVolume", ctx.lesion.volume)
+    params.set_reference("Segmentation", segmentation)
+    params.set("SegmentID", target)
+    params.set("Model", MODEL)
+    params.set("Device", DEVICE)
+    params.set_flag("ShowOverlay", False)
+    ctx.scene.SetSaveToXMLString(1)
+    ctx.scene.Commit()
+    xml = ctx.scene.GetSceneXMLString()
+    ctx.scene.SetSaveToXMLString(0)
+    restored_scene = vtkMRMLScene()
+    restored_scene.SetLoadFromXMLString(1)
+    restored_scene.SetSceneXMLString(xml)
+    restored_scene.Import()
+    restored = Parameters.get_or_create(restored_scene)
+    assert restored.node.GetID() == params.node.GetID()
+    assert restored.reference("InputVolume").GetName() == ctx.lesion.volume.GetName()
+    assert restored.reference("Segmentation").GetName() == "saved"
+    assert (restored.segment_id, restored.model, restored.device) == (target, MODEL, DEVICE)
+    assert restored.flag("ShowOverlay") is False
+    params.set_flag("ShowOverlay", True)
+    ctx.scene.RemoveNode(segmentation)
+    restored_scene.Clear(1)
+    return {"parameters": restored.node.GetParameterNamesAsCommaSeparatedList()}
+
+
+def prompt_events(ctx: SelfTestContext) -> Dict[str, object]:
+    """Placing a point on a watched prompt node reaches the callback once, with the node."""
+    node = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "watched")
+    calls: List[object] = []
+    ctx.logic.watch_prompt_nodes([node], calls.append)
+    node.AddControlPointWorld(vtk.vtkVector3d(*ctx.lesion.world((100, 100, 6))))
+    assert calls == [node], calls
+    ctx.logic.unwatch_prompt_nodes()
+    node.AddControlPointWorld(vtk.vtkVector3d(*ctx.lesion.world((110, 100, 6))))
+    assert len(calls) == 1, "events still arrive after unwatch"
+    ctx.scene.RemoveNode(node)
+    return {"events": len(calls)}
+
+
+def worker_supersedes(ctx: SelfTestContext) -> Dict[str, object]:
+    """On the persistent worker thread: newest request wins, errors come back as outcomes."""
+    lesion = ctx.lesion
+    segmentation, (target,) = ctx.new_segmentation("worker", "lesion")
+    roi = _gt_box_roi(ctx)
+    click = add_points(ctx.scene, lesion, [(lesion.box[4] + 10, lesion.box[2] + 10, 6)], INCLUDE, "click")
+    requests = [ctx.logic.prepare_slice(lesion.volume, [roi], segmentation, target, k, MODEL, DEVICE) for k in (5, 6, 7)]
+    worker = PredictionWorker(ctx.logic.predict)
+    try:
+        tickets = [worker.submit(r) for r in requests]
+        assert worker.wait_idle(120)
+        outcomes = worker.poll()
+        assert [o.ticket for o in outcomes] == [tickets[-1]], [o.ticket for o in outcomes]
+        assert outcomes[0].error is None and outcomes[0].request is requests[-1]
+        result = ctx.logic.apply(outcomes[0].request, outcomes[0].result)
+        assert result.region.k0 == result.region.k1 == 7
+        bad = ctx.logic.prepare_slice(lesion.volume, [click], segmentation, target, 6, MODEL, DEVICE)
+        worker.submit(bad)
+        assert worker.wait_idle(120)
+        (failed,) = worker.poll()
+        assert isinstance(failed.error, PromptError), failed.error
+    finally:
+        worker.close()
+    ctx.logic.clear()
+    for node in (roi, click, segmentation):
+        ctx.scene.RemoveNode(node)
+    return {"superseded": len(tickets) - 1, "error": str(failed.error)}
+
+
+BODIES: Tuple[Tuple[str, Callable[[SelfTestContext], Dict[str, object]]], ...] = (
+    ("geometry_roundtrip", geometry_roundtrip),
+    ("box_propagation", box_propagation),
+    ("slice_prompt", slice_prompt),
+    ("points_on_box_model", points_on_box_model),
+    ("transform_and_export", transform_and_export),
+    ("parameter_node_roundtrip", parameter_node_roundtrip),
+    ("prompt_events", prompt_events),
+    ("worker_supersedes", worker_supersedes),
+)
+
+
+def temporary_directory() -> Path:
+    return Path(tempfile.mkdtemp(prefix="FastMedSAMTest-"))

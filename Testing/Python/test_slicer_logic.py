@@ -1,0 +1,93 @@
+"""The Slicer module's Logic on real MRML nodes (slicer-core, no Slicer app) with the real LiteMedSAM.
+
+The bodies live in FastMedSAM/FastMedSAMSelfTest/bodies.py and also run inside Slicer as `FastMedSAMTest`.
+Measured figures go to Testing/Artifacts/slicer_logic_figures.json (and are printed with -s).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+
+from slicer_headless import REPO, start_headless_slicer  # noqa: E402
+
+from FastMedSAMLogicLib import FastMedSAMLogic  # noqa: E402
+from FastMedSAMLogicLib.dependencies import install_missing, missing_requirements  # noqa: E402
+from FastMedSAMLogicLib.overlay import TimingHistory, TimingRecord, format_history_row, format_overlay  # noqa: E402
+from FastMedSAMSelfTest import bodies  # noqa: E402
+from FastMedSAMSelfTest.scenario import load_lesion_scene  # noqa: E402
+
+ARTIFACTS = REPO / "Testing" / "Artifacts"
+FIGURES: Dict[str, object] = {}
+
+
+@pytest.fixture(scope="module")
+def headless():
+    slicer_app = start_headless_slicer()
+    yield slicer_app
+    slicer_app.close()
+
+
+@pytest.fixture(scope="module")
+def ctx(headless, data_dir: Path, litemedsam_checkpoint: Path, tmp_path_factory):
+    lesion = load_lesion_scene(headless.scene, headless.volumes_logic, data_dir)
+    logic = FastMedSAMLogic(headless.scene)
+    context = bodies.SelfTestContext(
+        headless.scene, headless.volumes_logic, headless.segmentations_logic, lesion, logic,
+        tmp_path_factory.mktemp("slicer_logic"),
+    )
+    yield context
+    logic.cleanup()
+    if FIGURES:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "slicer_logic_figures.json").write_text(json.dumps(FIGURES, indent=2, default=str))
+        print("\nFastMedSAM Logic figures:", json.dumps(FIGURES, indent=2, default=str))
+
+
+@pytest.mark.parametrize("name", [name for name, _ in bodies.BODIES])
+def test_body(ctx, name: str) -> None:
+    FIGURES[name] = dict(bodies.BODIES)[name](ctx)
+
+
+def test_overlay_text_is_a_function_of_the_timings() -> None:
+    record = TimingRecord("litemedsam", "cpu", "3D", {"encode": 2412.4, "decode": 31.2, "total": 2511.0},
+                          {"total": 48.6}, encoder_calls=3, slices=3)
+    assert format_overlay(record) == (
+        "FastMedSAM litemedsam (cpu)\n"
+        "encode 2412 ms (3/3 slices) | decode 31 ms | total 2511 ms\n"
+        "logic 49 ms"
+    )
+    cached = TimingRecord("litemedsam", "cuda:0", "slice", {"encode": 0.0, "decode": 4.25, "total": 6.0},
+                          {"total": 3.0}, encoder_calls=0, slices=1)
+    assert format_overlay(cached).splitlines()[1] == "encode cached | decode 4.2 ms | total 6.0 ms"
+    assert format_history_row(cached)[3] == "cached"
+    history = TimingHistory(size=2)
+    for r in (record, cached, record):
+        history.add(r)
+    assert len(history) == 2 and history.records() == [cached, record]
+
+
+def test_dependencies_present_and_main_thread_only() -> None:
+    assert missing_requirements() == [], "the test environment lacks an engine dependency"
+
+    def must_not_ask(_text: str) -> bool:
+        raise AssertionError("asked to install although nothing is missing")
+
+    assert install_missing(must_not_ask, pip_install=lambda _r: None) is True
+    errors = []
+
+    def from_worker() -> None:
+        try:
+            install_missing(must_not_ask, pip_install=lambda _r: None)
+        except RuntimeError as error:
+            errors.append(str(error))
+
+    thread = threading.Thread(target=from_worker)
+    thread.start()
+    thread.join()
+    assert errors and "main thread" in errors[0]
