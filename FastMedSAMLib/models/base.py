@@ -22,11 +22,23 @@ from torch import nn
 class SamModel(nn.Module):
     """image_encoder -> embedding; prompt_encoder + mask_decoder -> (low-res logits, iou)."""
 
-    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        decoder_before_prompt_encoder: bool = False,
+    ) -> None:
+        """Children register in state_dict order: the 2D checkpoints (LiteMedSAM, MedficientSAM) list the mask
+        decoder before the prompt encoder, the 3D ones after it."""
         super().__init__()
         self.image_encoder = image_encoder
-        self.prompt_encoder = prompt_encoder
-        self.mask_decoder = mask_decoder
+        if decoder_before_prompt_encoder:
+            self.mask_decoder = mask_decoder
+            self.prompt_encoder = prompt_encoder
+        else:
+            self.prompt_encoder = prompt_encoder
+            self.mask_decoder = mask_decoder
 
     @torch.inference_mode()
     def encode(self, image: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ reference checkpoints to the float32 noise floor.
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -402,19 +402,6 @@ def build_prompt_encoder_and_decoder(
     return prompt_encoder, mask_decoder
 
 
-def assemble_sam(
-    image_encoder: nn.Module,
-    prompt_encoder: nn.Module,
-    mask_decoder: nn.Module,
-    child_order: Sequence[str] = ("image_encoder", "mask_decoder", "prompt_encoder"),
-) -> SamModel:
-    """A SamModel whose state_dict lists its children in `child_order`.
-
-    The LiteMedSAM and MedficientSAM checkpoints list the mask decoder before the prompt encoder."""
-    model = SamModel(image_encoder, prompt_encoder, mask_decoder)
-    children: List[str] = list(child_order)
-    if sorted(children) != sorted(model._modules):
-        raise ValueError(f"child_order must name exactly {sorted(model._modules)}, got {children}")
-    for name in children:
-        model._modules[name] = model._modules.pop(name)
-    return model
+def assemble_sam(image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> SamModel:
+    """A SamModel in the 2D checkpoints' state_dict order (image encoder, mask decoder, prompt encoder)."""
+    return SamModel(image_encoder, prompt_encoder, mask_decoder, decoder_before_prompt_encoder=True)
