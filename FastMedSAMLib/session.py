@@ -68,7 +68,12 @@ class Session:
         self.points_as_box = points_as_box
         self.cache = EmbeddingCache(int(cache_mb * 2**20))
         self.net = load_model(model, self.device, weights)
-        self._engine = SliceEngine(self.net, slice_adapter(model), self.device, self.cache)
+        if self.spec.dimensionality == "3D":
+            from .crop_engine import CropEngine
+
+            self._engine: Union[SliceEngine, "CropEngine"] = CropEngine(self.net, self.device, self.cache)
+        else:
+            self._engine = SliceEngine(self.net, slice_adapter(model), self.device, self.cache)
         self.image: Optional[Image] = None
         self._u8: Optional[np.ndarray] = None
 
@@ -111,6 +116,10 @@ class Session:
         if self._u8 is None:
             raise PromptError("no image: call set_image() before predict()")
         start = time.perf_counter()
+        if "point" in self.spec.prompts:
+            prediction = self._predict_points(box, points, mask)
+            prediction.timings["total"] = (time.perf_counter() - start) * 1000.0
+            return prediction
         box = self._box_from_prompts(box, points, mask)
         if isinstance(box, Box3D):
             prediction = self._predict_box3d(box)
@@ -126,8 +135,6 @@ class Session:
         if mask is not None and "mask" not in prompts:
             raise PromptError(f"model {self.model_name!r} does not take a mask prompt (it takes: {', '.join(sorted(prompts))})")
         if points:
-            if "point" in prompts:
-                raise PromptError(f"point prompts for {self.model_name!r} are not wired into the Session yet")
             if box is not None:
                 raise PromptError(f"model {self.model_name!r} takes a box only; got a box and points")
             if not self.points_as_box:
@@ -186,6 +193,32 @@ class Session:
             encoder_calls=result.encoder_calls,
             iou=result.iou,
             prompt={"box3d": clipped},
+        )
+
+    def _predict_points(
+        self, box: Optional[Union[Box, Box3D]], points: Optional[Sequence[Point]], mask: Optional[np.ndarray]
+    ) -> Prediction:
+        """3D point models: clicks (and optionally the previous mask) -> a volume mask through a 128³ crop."""
+        if box is not None:
+            raise PromptError(f"model {self.model_name!r} takes point prompts, not boxes")
+        if not points:
+            raise PromptError(f"no prompt: model {self.model_name!r} needs at least one point")
+        if not self.is_volume:
+            raise PromptError(f"model {self.model_name!r} is a 3D model and needs a volume, not a 2D image")
+        for p in points:
+            if p.z is None:
+                raise PromptError(f"point ({p.x}, {p.y}) has no slice index z; 3D models need (x, y, z)")
+            p.check_inside(self._shape_zyx())
+        if mask is not None and mask.shape != self._u8.shape:
+            raise PromptError(f"previous mask has shape {mask.shape}; the volume has {self._u8.shape}")
+        result = self._engine.segment(self.image, list(points), self._image_key, previous=mask)
+        return Prediction(
+            mask=result.mask,
+            timings=dict(result.timings),
+            z_range=result.z_range,
+            encoder_calls=result.encoder_calls,
+            iou=result.iou,
+            prompt={"points": list(points)},
         )
 
     # -- cache -----------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class VolumeResult:
     iou: float
     timings: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     encoder_calls: int = 0
+    z_range: Optional[Tuple[int, int]] = None  # slices the result may differ from zero in, inclusive
 
 
 def to_rgb(slice_u8: np.ndarray) -> np.ndarray:
