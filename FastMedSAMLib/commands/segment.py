@@ -70,9 +70,10 @@ def report(session, prediction, mask, out: Optional[str]) -> None:
     import numpy as np
 
     voxels = int(mask.sum())
-    volume_mm3 = voxels * float(np.prod(session.image.spacing[: mask.ndim]))
+    size = voxels * float(np.prod(session.image.spacing[: mask.ndim]))
+    unit = "mm^3" if mask.ndim == 3 else "mm^2"
     print(f"model       {session.model_name} on {session.device}")
-    print(f"mask        {voxels} voxels, {volume_mm3:.1f} mm^3, predicted IoU {prediction.iou:.3f}")
+    print(f"mask        {voxels} {'voxels' if mask.ndim == 3 else 'pixels'}, {size:.1f} {unit}, predicted IoU {prediction.iou:.3f}")
     if voxels:
         nz = np.nonzero(mask)
         extent = ", ".join(f"{int(a.min())}..{int(a.max())}" for a in nz)
