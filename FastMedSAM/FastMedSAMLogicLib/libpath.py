@@ -9,6 +9,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+MODULE_DIR = Path(__file__).resolve().parents[1]
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -22,3 +23,11 @@ def ensure_engine_importable() -> None:
         raise ImportError(
             f"FastMedSAMLib not found: neither installed with the extension nor in the repository root {REPOSITORY_ROOT}"
         )
+
+
+def resource_path(relative: str) -> Path:
+    """`<module dir>/Resources/<relative>` when installed, `<repository>/Resources/<relative>` when developing."""
+    for base in (MODULE_DIR / "Resources", REPOSITORY_ROOT / "Resources"):
+        if (base / relative).is_file():
+            return base / relative
+    raise FileNotFoundError(f"FastMedSAM resource {relative} not found under {MODULE_DIR} or {REPOSITORY_ROOT}")

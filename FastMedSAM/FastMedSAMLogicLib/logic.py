@@ -215,6 +215,22 @@ class FastMedSAMLogic:
         request.logic_ms["prompts"] = _ms_since(start)
         return request
 
+    def prepare_points(self, volume, prompt_nodes_used: Sequence, segmentation, segment_id: str,
+                       model: str, device: str = "auto") -> Request:
+        """Include / exclude points anywhere in the volume -> a 3D prediction (3D point models)."""
+        request = self._base_request("3D", volume, segmentation, segment_id, model, device, prompt_nodes_used, None)
+        start = time.perf_counter()
+        points = prompt_nodes.points_from_nodes(volume, prompt_nodes_used)
+        if not any(p.positive for p in points):
+            raise PromptError("place at least one include point")
+        depth, height, width = request.shape_kji
+        zs = [int(round(p.z)) for p in points]
+        region = self._points_region(points, 0, request.shape_kji)
+        request.points = points
+        request.prompt_region = Region(max(min(zs), 0), min(max(zs), depth - 1), region.j0, region.j1, region.i0, region.i1)
+        request.logic_ms["prompts"] = _ms_since(start)
+        return request
+
     @staticmethod
     def _box_region(box, shape_kji) -> Region:
         if isinstance(box, Box3D):
@@ -245,29 +261,37 @@ class FastMedSAMLogic:
         return Outcome(prediction, str(getattr(session, "device", request.device)), set_image_ms)
 
     # -- step 3: mask -> segment (main thread) ---------------------------------------------------------------
+    def prediction_region(self, request: Request, outcome: Outcome) -> Tuple[Region, np.ndarray]:
+        """The region the prediction rewrites (the prompt's box on the affected slices, grown to hold every
+        predicted voxel there) and the mask inside it."""
+        mask = self._mask_kji(request, outcome.prediction)
+        region = self._write_region(request, outcome.prediction, mask)
+        return region, mask[region.slices]
+
     def apply(self, request: Request, outcome: Outcome) -> SegmentResult:
+        """Write the prediction into the segment: only its region changes, one undo state is recorded."""
         start = time.perf_counter()
-        volume = self.scene.GetNodeByID(request.volume_id)
-        segmentation = self.scene.GetNodeByID(request.segmentation_id)
-        if volume is None or segmentation is None:
-            raise FastMedSAMError("the volume or segmentation was removed while the prediction ran")
+        volume, segmentation = self._nodes(request)
         self.attach_segmentation(volume, segmentation)
-        prediction = outcome.prediction
-        mask = self._mask_kji(request, prediction)
-        written = self._write_region(request, prediction, mask)
+        written, mask = self.prediction_region(request, outcome)
         pending = self._refined_state(request, written)
         region = written if pending is None else written.union(pending.region)
         current = read_region(segmentation, request.segment_id, volume, region)
         new = current.copy()
         if pending is not None:
             self._paste(new, region, pending.region, pending.previous)
-        self._paste(new, region, written, mask[written.slices])
+        self._paste(new, region, written, mask)
         write_region(segmentation, request.segment_id, volume, region, new)
         self.undo_stack.push(UndoState(segmentation.GetID(), request.segment_id, volume.GetID(), region, current,
                                        prompt_key=request.prompt_key))
+        return self.record(request, outcome, region, _ms_since(start))
+
+    def record(self, request: Request, outcome: Outcome, region: Region, write_ms: float) -> SegmentResult:
+        """Timings of one prediction: kept in the history, formatted for the overlay."""
+        prediction = outcome.prediction
         logic_ms = dict(request.logic_ms)
         logic_ms["set_image"] = outcome.set_image_ms
-        logic_ms["write"] = _ms_since(start)
+        logic_ms["write"] = write_ms
         logic_ms["total"] = sum(logic_ms.values())
         record = TimingRecord(
             model=request.model, device=outcome.device, kind=request.kind, session_ms=dict(prediction.timings),
@@ -275,6 +299,15 @@ class FastMedSAMLogic:
         )
         self.history.add(record)
         return SegmentResult(prediction, region, dict(prediction.timings), logic_ms, record, format_overlay(record))
+
+    def _nodes(self, request: Request):
+        volume = self.scene.GetNodeByID(request.volume_id)
+        segmentation = self.scene.GetNodeByID(request.segmentation_id)
+        if volume is None or segmentation is None:
+            raise FastMedSAMError("the volume or segmentation was removed while the prediction ran")
+        if segmentation.GetSegmentation().GetSegment(request.segment_id) is None:
+            raise FastMedSAMError(f"segment {request.segment_id!r} was removed while the prediction ran")
+        return volume, segmentation
 
     def attach_segmentation(self, volume, segmentation) -> None:
         """Put an empty segmentation under the volume's parent transform and give it the volume's geometry.
@@ -304,9 +337,12 @@ class FastMedSAMLogic:
     def _write_region(request: Request, prediction, mask: np.ndarray) -> Region:
         """The prompt's box on the affected slices, grown to hold every predicted voxel on them."""
         region = request.prompt_region
-        z_range = getattr(prediction, "z_range", None)
-        if request.kind == "3D" and z_range is not None:
-            region = Region(int(z_range[0]), int(z_range[1]), region.j0, region.j1, region.i0, region.i1)
+        if request.kind == "3D":
+            z_range = getattr(prediction, "z_range", None)
+            if z_range is not None:
+                region = Region(int(z_range[0]), int(z_range[1]), region.j0, region.j1, region.i0, region.i1)
+            else:  # a 3D model may change any slice
+                region = Region(0, mask.shape[0] - 1, region.j0, region.j1, region.i0, region.i1)
         part = mask[region.k0:region.k1 + 1]
         if part.any():
             _, js, is_ = np.nonzero(part)
@@ -335,6 +371,12 @@ class FastMedSAMLogic:
                     device: str = "auto") -> SegmentResult:
         """3D ROI -> slice-by-slice propagation (2D box models) or a 3D prediction; one undo state."""
         request = self.prepare_box(volumeNode, roiNode, segmentationNode, segmentId, model, device)
+        return self.apply(request, self.predict(request))
+
+    def segment_points(self, volumeNode, promptNodes: Sequence, segmentationNode, segmentId: str, model: str,
+                       device: str = "auto") -> SegmentResult:
+        """Include / exclude points -> a 3D mask from a 3D point model; one undo state."""
+        request = self.prepare_points(volumeNode, promptNodes, segmentationNode, segmentId, model, device)
         return self.apply(request, self.predict(request))
 
     def segment_slice(self, volumeNode, promptNodes: Sequence, segmentationNode, segmentId: str, sliceIndex: int,
@@ -382,6 +424,12 @@ class FastMedSAMLogic:
         for node, tag in self._observations:
             node.RemoveObserver(tag)
         self._observations.clear()
+
+    def reset(self) -> None:
+        """Forget everything tied to the current scene (it is being closed); the warm Sessions stay."""
+        self.unwatch_prompt_nodes()
+        self.undo_stack = UndoStack(self.undo_stack.depth)
+        self._loaded_image.clear()
 
     def cleanup(self) -> None:
         self.unwatch_prompt_nodes()

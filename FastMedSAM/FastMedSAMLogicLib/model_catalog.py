@@ -30,13 +30,25 @@ class ModelInfo:
         size = f"{self.size_bytes / 2**20:.0f} MB" if self.size_bytes else "size unknown"
         return (
             f"{self.dimensionality} model, prompts: {', '.join(self.prompts)} | {size} | licence {self.licence} | "
-            f"weights: {'downloaded' if self.downloaded else self.weights_state}"
+            f"weights: {self.weights_text}"
         )
+
+    @property
+    def weights_text(self) -> str:
+        if self.downloaded:
+            return "downloaded"
+        if self.weights_state == "missing" and not self.downloadable:
+            return "missing (manual download, see the model registry)"
+        return self.weights_state
 
 
 def model_info(spec: ModelSpec) -> ModelInfo:
-    from FastMedSAMLib.weights import cache_state
+    try:
+        from FastMedSAMLib.weights import cache_state
 
+        state = cache_state(spec.name)
+    except ImportError:  # inside Slicer before the Python dependencies are installed
+        state = "unknown until the Python dependencies are installed"
     return ModelInfo(
         name=spec.name,
         description=spec.description,
@@ -44,7 +56,7 @@ def model_info(spec: ModelSpec) -> ModelInfo:
         prompts=spec.prompts,
         licence=spec.licence,
         size_bytes=spec.size or 0,
-        weights_state=cache_state(spec.name),
+        weights_state=state,
         downloadable=any(source.auto for source in spec.sources),
     )
 
@@ -60,7 +72,7 @@ def tool_states(model: str) -> Dict[str, Tuple[bool, str]]:
     states = {}
     for tool, prompt in TOOLS.items():
         if prompt in spec.prompts:
-            states[tool] = (True, f"Place a {TOOL_LABELS[tool]} prompt")
+            states[tool] = (True, f"Place {TOOL_LABELS[tool]} prompts")
         else:
             states[tool] = (False, f"{spec.name} does not take {prompt} prompts (it takes: {', '.join(spec.prompts)})")
     if spec.dimensionality == "3D":

@@ -7,7 +7,7 @@ from slicer import vtkMRMLScriptedModuleNode
 
 MODULE_NAME = "FastMedSAM"
 DEFAULTS = {"Model": "litemedsam", "Device": "auto", "ShowOverlay": "true", "AutoRun": "true", "SegmentID": ""}
-REFERENCE_ROLES = ("InputVolume", "Segmentation", "ROI", "IncludePoints", "ExcludePoints")
+REFERENCE_ROLES = ("InputVolume", "Segmentation", "ROI", "Box2D", "IncludePoints", "ExcludePoints")
 
 
 class Parameters:

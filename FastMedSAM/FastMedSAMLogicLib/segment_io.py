@@ -9,7 +9,7 @@ mask overlaps another segment of a shared labelmap, Slicer moves the written seg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import vtk
@@ -55,12 +55,19 @@ class Region:
         )
 
 
-def _region_image(volume, segmentation, region: Region) -> vtkOrientedImageData:
+def region_labelmap(volume, segmentation, region: Region, mask: Optional[np.ndarray] = None) -> vtkOrientedImageData:
+    """A uint8 labelmap covering `region` of the volume's grid, placed in the segmentation's frame; holds `mask`
+    (bool, `region.shape`) or zeros."""
     image = vtkOrientedImageData()
     image.SetExtent(region.i0, region.i1, region.j0, region.j1, region.k0, region.k1)
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     image.GetPointData().GetScalars().Fill(0)
     image.SetImageToWorldMatrix(util.vtkMatrixFromArray(ijk_to_segmentation(volume, segmentation)))
+    if mask is not None:
+        if mask.shape != region.shape:
+            raise ValueError(f"mask shape {mask.shape} does not match region shape {region.shape}")
+        _voxels(image, region.shape)[:] = mask
+        image.GetPointData().GetScalars().Modified()
     return image
 
 
@@ -77,7 +84,7 @@ def read_region(segmentation, segment_id: str, volume, region: Region) -> np.nda
     extent = labelmap.GetExtent()
     if extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]:
         return np.zeros(region.shape, dtype=bool)
-    reference = _region_image(volume, segmentation, region)
+    reference = region_labelmap(volume, segmentation, region)
     resampled = vtkOrientedImageData()
     if not vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, reference, resampled):
         raise FastMedSAMError(f"could not read segment {segment_id!r} in the volume's geometry")
@@ -89,14 +96,13 @@ def write_region(segmentation, segment_id: str, volume, region: Region, mask: np
     """Replace the segment inside `region` by `mask` (bool, `region.shape`); nothing outside the region changes."""
     if mask.shape != region.shape:
         raise ValueError(f"mask shape {mask.shape} does not match region shape {region.shape}")
-    image = _region_image(volume, segmentation, region)
-    extent = image.GetExtent()
     logic = vtkSlicerSegmentationsModuleLogic
-    logic.SetBinaryLabelmapToSegment(image, segmentation, segment_id, logic.MODE_MERGE_MIN, extent)
+    zeros = region_labelmap(volume, segmentation, region)
+    extent = zeros.GetExtent()
+    logic.SetBinaryLabelmapToSegment(zeros, segmentation, segment_id, logic.MODE_MERGE_MIN, extent)
     if mask.any():
-        _voxels(image, region.shape)[:] = mask
-        image.GetPointData().GetScalars().Modified()
-        logic.SetBinaryLabelmapToSegment(image, segmentation, segment_id, logic.MODE_MERGE_MASK, extent)
+        filled = region_labelmap(volume, segmentation, region, mask)
+        logic.SetBinaryLabelmapToSegment(filled, segmentation, segment_id, logic.MODE_MERGE_MASK, extent)
 
 
 def has_voxels(segmentation) -> bool:

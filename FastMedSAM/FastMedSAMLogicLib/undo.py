@@ -25,6 +25,7 @@ class UndoStack:
     """Newest last; keeps at most `depth` states. States after the last `accept()` are "pending"."""
 
     def __init__(self, depth: int = 20) -> None:
+        self.depth = depth
         self._states: Deque[UndoState] = deque(maxlen=depth)
 
     def push(self, state: UndoState) -> None:

@@ -221,10 +221,14 @@ def transform_and_export(ctx: SelfTestContext) -> Dict[str, object]:
     segmentation, (target,) = ctx.new_segmentation("export", "lesion")
     roi = _gt_box_roi(ctx)
     ctx.logic.segment_box(volume, roi, segmentation, target, model=MODEL, device=DEVICE)
-    ks, js, is_ = np.nonzero(lesion.label[k0:k1 + 1])
-    gt_world = lesion.world((is_.mean(), js.mean(), ks.mean() + k0))
-    offset = float(np.linalg.norm(segment_world_centroid(segmentation, target) - gt_world))
-    assert offset < 1.5, f"segment centroid is {offset:.2f} mm from the lesion in world space"
+    # the segment's voxels, taken to world by Slicer (labelmap geometry + the segmentation's transform), must sit
+    # where the volume's voxels with the same indices are (volume geometry + its transform), and on the lesion
+    predicted_ijk = np.argwhere(ctx.exported(segmentation, target))[:, ::-1].mean(axis=0)
+    geometry_error = float(np.linalg.norm(segment_world_centroid(segmentation, target) - lesion.world(predicted_ijk)))
+    assert geometry_error < 0.01, f"segment voxels are {geometry_error:.3f} mm from their volume voxels in world space"
+    gt_ijk = np.argwhere(lesion.label[k0:k1 + 1])[:, ::-1].mean(axis=0) + (0, 0, k0)
+    offset = float(np.linalg.norm(segment_world_centroid(segmentation, target) - lesion.world(gt_ijk)))
+    assert offset < 5.0, f"segment centroid is {offset:.2f} mm from the lesion's in world space"
 
     path = ctx.tmp_dir / "lesion.seg.nrrd"
     storage = vtkMRMLSegmentationStorageNode()
@@ -258,15 +262,16 @@ def transform_and_export(ctx: SelfTestContext) -> Dict[str, object]:
     moved.SetElement(0, 3, moved.GetElement(0, 3) + 25.0)
     lesion.transform.SetMatrixTransformToParent(moved)
     try:
-        shift = segment_world_centroid(segmentation, target) - lesion.world((is_.mean(), js.mean(), ks.mean() + k0))
-        assert np.linalg.norm(shift) < 1.5, "the segment did not move with the volume's transform"
+        shift = segment_world_centroid(segmentation, target) - lesion.world(predicted_ijk)
+        assert np.linalg.norm(shift) < 0.01, "the segment did not move with the volume's transform"
     finally:
         moved.SetElement(0, 3, moved.GetElement(0, 3) - 25.0)
         lesion.transform.SetMatrixTransformToParent(moved)
     ctx.logic.accept()
     for node in (roi, segmentation, reloaded):
         ctx.scene.RemoveNode(node)
-    return {"centroid_offset_mm": offset, "axes_error": axes_error, "seg_nrrd": str(path)}
+    return {"geometry_error_mm": geometry_error, "centroid_to_gt_mm": offset, "axes_error": axes_error,
+            "seg_nrrd": str(path)}
 
 
 def parameter_node_roundtrip(ctx: SelfTestContext) -> Dict[str, object]:

@@ -1,0 +1,1 @@
+"""The FastMedSAM Segment Editor effect (SegmentEditorEffect.py, loaded by SegmentEditorFastMedSAM.py)."""

@@ -1,0 +1,253 @@
+"""The module panel and the extension layout, checked without Slicer.
+
+The .ui is parsed, loaded with PySide6's QUiLoader on the offscreen platform and rendered to
+Testing/Artifacts/FastMedSAM_panel.png. Slicer's own widgets (qMRMLWidget, qMRMLNodeComboBox,
+qMRMLSegmentSelectorWidget) do not exist outside Slicer: plain Qt stand-ins of the same class names take their
+place, so the layout, every other widget and every name the module code uses are the real ones.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import os
+import py_compile
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Dict, List, Set
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from slicer_headless import REPO  # noqa: E402  (also puts FastMedSAM/ on sys.path)
+
+from FastMedSAMLib.registry import get_spec, list_specs  # noqa: E402
+from FastMedSAMLogicLib import panel  # noqa: E402
+from FastMedSAMLogicLib.model_catalog import model_info  # noqa: E402
+from FastMedSAMLogicLib.overlay import HISTORY_COLUMNS, TimingRecord, format_history_row, format_overlay  # noqa: E402
+
+UI_FILE = REPO / "Resources" / "UI" / "FastMedSAM.ui"
+MODULE_DIR = REPO / "FastMedSAM"
+WIDGET_CODE = MODULE_DIR / "FastMedSAM.py"
+ARTIFACTS = REPO / "Testing" / "Artifacts"
+PANEL_PNG = ARTIFACTS / "FastMedSAM_panel.png"
+SLICER_WIDGETS = {"qMRMLWidget", "qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget"}
+
+
+def ui_widgets() -> Dict[str, str]:
+    """objectName -> class of every widget in the .ui."""
+    root = ET.parse(UI_FILE).getroot()
+    names: Dict[str, str] = {}
+    for widget in root.iter("widget"):
+        name = widget.get("name")
+        assert name not in names, f"widget name {name!r} is used twice in {UI_FILE.name}"
+        names[name] = widget.get("class")
+    return names
+
+
+def names_used_by_widget_code() -> Set[str]:
+    """Every `self.ui.<name>` in FastMedSAM.py plus the names it reaches through `panel` tables."""
+    source = WIDGET_CODE.read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    used |= set(panel.TOOL_BUTTONS.values())
+    used |= {widget for widget, _ in panel.SHORTCUTS.values()}
+    for spec_name in ("litemedsam", "fastsam3d"):
+        used |= set(panel.model_panel(spec_name, model_info(get_spec(spec_name))))
+    return used
+
+
+def test_ui_parses_and_declares_slicer_widgets() -> None:
+    root = ET.parse(UI_FILE).getroot()
+    assert root.findtext("class") == "FastMedSAM"
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "FastMedSAM"
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used_custom = {cls for cls in ui_widgets().values() if cls.startswith(("qMRML", "qSlicer", "ctk"))}
+    assert used_custom <= declared, f"custom widgets used but not declared: {used_custom - declared}"
+
+
+def test_every_widget_name_the_code_uses_exists() -> None:
+    missing = names_used_by_widget_code() - set(ui_widgets())
+    assert not missing, f"FastMedSAM.py uses widgets that {UI_FILE.name} lacks: {sorted(missing)}"
+
+
+def test_timing_table_columns_match_the_history_rows() -> None:
+    root = ET.parse(UI_FILE).getroot()
+    table = next(w for w in root.iter("widget") if w.get("name") == "timingTable")
+    headers = tuple(c.find("property/string").text for c in table.findall("column"))
+    assert headers == HISTORY_COLUMNS
+    record = TimingRecord("litemedsam", "cpu", "slice", {"encode": 1.0, "decode": 2.0, "total": 3.0}, {"total": 1.0}, 1, 1)
+    assert len(format_history_row(record)) == len(headers)
+
+
+@functools.lru_cache(maxsize=None)  # QUiLoader keeps no reference to registered classes: they must stay alive
+def _stand_ins():
+    from PySide6.QtWidgets import QComboBox, QHBoxLayout, QWidget
+
+    class qMRMLWidget(QWidget):
+        pass
+
+    class qMRMLNodeComboBox(QComboBox):
+        pass
+
+    class qMRMLSegmentSelectorWidget(QWidget):
+        """Two combo boxes (segmentation, segment) like the real selector."""
+
+        def __init__(self, parent=None):
+            super().__init__(parent)
+            layout = QHBoxLayout(self)
+            layout.setContentsMargins(0, 0, 0, 0)
+            self.segmentation, self.segment = QComboBox(self), QComboBox(self)
+            layout.addWidget(self.segmentation)
+            layout.addWidget(self.segment)
+
+    return qMRMLWidget, qMRMLNodeComboBox, qMRMLSegmentSelectorWidget
+
+
+@pytest.fixture(scope="module")
+def qt_app():
+    from PySide6.QtWidgets import QApplication
+
+    return QApplication.instance() or QApplication([])
+
+
+def _load_panel(qt_app):
+    from PySide6.QtCore import QFile
+    from PySide6.QtUiTools import QUiLoader
+
+    loader = QUiLoader()
+    for cls in _stand_ins():
+        loader.registerCustomWidget(cls)
+    ui_file = QFile(str(UI_FILE))
+    assert ui_file.open(QFile.ReadOnly)
+    widget = loader.load(ui_file)
+    ui_file.close()
+    assert widget is not None, loader.errorString()
+    return widget
+
+
+def _figures_records() -> List[TimingRecord]:
+    """The Logic test's measured timings (if it ran before), shown in the rendered panel."""
+    path = ARTIFACTS / "slicer_logic_figures.json"
+    if not path.exists():
+        return []
+    figures = json.loads(path.read_text())
+    records = []
+    for name, kind in (("box_propagation", "3D"), ("slice_prompt", "slice")):
+        if name in figures:
+            f = figures[name]
+            records.append(TimingRecord("litemedsam", "cpu", kind, f["session_ms"], f["logic_ms"],
+                                        int(f.get("encoder_calls", 0)), int(f.get("slices", 1))))
+    return records
+
+
+def test_panel_loads_offscreen_and_renders_png(qt_app) -> None:
+    from PySide6.QtWidgets import QLabel, QTableWidgetItem, QWidget
+
+    widget = _load_panel(qt_app)
+    for name, cls in ui_widgets().items():
+        if name == "FastMedSAM" or cls in ("QSpacerItem",):
+            continue
+        child = widget.findChild(QWidget, name)
+        if child is None and cls not in ("QHBoxLayout", "QVBoxLayout", "QGridLayout", "QFormLayout"):
+            pytest.fail(f"widget {name!r} ({cls}) did not load")
+        if child is not None and cls not in SLICER_WIDGETS:
+            assert child.metaObject().className() == cls, (name, child.metaObject().className(), cls)
+
+    # the state the module widget shows for the default model, from the same functions it uses
+    model = "litemedsam"
+    combo = widget.findChild(QWidget, "modelComboBox")
+    combo.addItems([s.name for s in list_specs() if s.role == "model"])
+    combo.setCurrentText(model)
+    for name, properties in panel.model_panel(model, model_info(get_spec(model))).items():
+        control = widget.findChild(QWidget, name)
+        for prop, value in properties.items():
+            assert control.setProperty(prop, value), f"{name}.{prop} is not a Qt property"
+    widget.findChild(QWidget, "downloadProgressBar").setVisible(False)
+    widget.findChild(QWidget, "installDependenciesButton").setVisible(False)
+    widget.findChild(QWidget, "inputVolumeSelector").addItem("CT lesion")
+    selector = widget.findChild(QWidget, "segmentSelector")
+    selector.segmentation.addItem("CT lesion FastMedSAM")
+    selector.segment.addItem("lesion")
+    records = _figures_records()
+    if records:
+        widget.findChild(QLabel, "latencyLabel").setText(format_overlay(records[-1]))
+        table = widget.findChild(QWidget, "timingTable")
+        table.setRowCount(len(records))
+        for row, record in enumerate(reversed(records)):
+            for column, text in enumerate(format_history_row(record)):
+                table.setItem(row, column, QTableWidgetItem(text))
+        table.resizeColumnsToContents()
+    assert not widget.findChild(QWidget, "includePointButton").isEnabled()  # LiteMedSAM takes boxes only
+    assert "point" in widget.findChild(QWidget, "includePointButton").toolTip()
+    assert widget.findChild(QWidget, "roi3DButton").isEnabled()
+
+    widget.resize(460, 860)
+    widget.show()
+    qt_app.processEvents()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert widget.grab().save(str(PANEL_PNG))
+    print(f"\nrendered panel: {PANEL_PNG}")
+    widget.close()
+
+    from PIL import Image, ImageStat
+
+    with Image.open(PANEL_PNG) as image:
+        assert image.size[0] >= 400 and image.size[1] >= 700, image.size
+        spread = ImageStat.Stat(image.convert("L")).stddev[0]
+    assert spread > 10, "the rendered panel is blank"
+
+
+def _cmake_list(text: str, variable: str) -> List[str]:
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert match, f"{variable} not set"
+    return [item for item in match.group(1).split() if not item.startswith("#")]
+
+
+def test_extension_layout_lists_every_file() -> None:
+    top = (REPO / "CMakeLists.txt").read_text()
+    for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                     "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert re.search(rf"set\({variable}\s", top), f"top-level CMakeLists.txt lacks {variable}"
+    assert "add_subdirectory(FastMedSAM)" in top
+
+    module = (MODULE_DIR / "CMakeLists.txt").read_text()
+    scripts = _cmake_list(module, "MODULE_PYTHON_SCRIPTS")
+    resources = _cmake_list(module, "MODULE_PYTHON_RESOURCES")
+    for item in scripts + resources:
+        path = MODULE_DIR / item.replace("${MODULE_NAME}", "FastMedSAM")
+        assert path.is_file(), f"{item} is listed in FastMedSAM/CMakeLists.txt but does not exist"
+    on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
+    listed = {s.replace("${MODULE_NAME}", "FastMedSAM") for s in scripts}
+    assert on_disk <= listed, f"scripts missing from FastMedSAM/CMakeLists.txt: {sorted(on_disk - listed)}"
+    # the engine, the registry and the panel resources are installed beside the module (see FastMedSAM/CMakeLists.txt)
+    assert "${FASTMEDSAM_ROOT}/FastMedSAMLib/*.py" in module and "models/registry.json" in module
+    for resource in _cmake_list(module, "FASTMEDSAM_ROOT_RESOURCES"):
+        if not resource.startswith("${FASTMEDSAM_MODEL_FILES"):
+            assert (REPO / resource.replace("${MODULE_NAME}", "FastMedSAM")).is_file(), resource
+    assert "WITH_GENERIC_TESTS" in module and "slicer_add_python_unittest" in module
+
+    from PIL import Image
+
+    for icon in ("Resources/Icons/FastMedSAM.png", "FastMedSAM/SegmentEditorFastMedSAMLib/SegmentEditorEffect.png"):
+        with Image.open(REPO / icon) as image:
+            assert image.format == "PNG" and min(image.size) >= 21, (icon, image.size)
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py")
+                                        if "__pycache__" not in p.parts))
+def test_module_sources_compile(path: str, tmp_path: Path) -> None:
+    """The Slicer-only files (widget, effect) cannot be imported here; they must at least compile cleanly and
+    define what Slicer looks for."""
+    source = MODULE_DIR / path
+    py_compile.compile(str(source), cfile=str(tmp_path / "out.pyc"), doraise=True)
+    tree = ast.parse(source.read_text())
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    if path == "FastMedSAM.py":
+        assert {"FastMedSAM", "FastMedSAMWidget", "FastMedSAMTest"} <= classes
+    if path == "SegmentEditorFastMedSAM.py":
+        assert "SegmentEditorFastMedSAM" in classes
+    if path.endswith("SegmentEditorEffect.py"):
+        assert "SegmentEditorEffect" in classes
