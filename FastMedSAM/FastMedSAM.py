@@ -493,6 +493,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for row, record in enumerate(records):
             for column, text in enumerate(format_history_row(record)):
                 self.ui.timingTable.setItem(row, column, qt.QTableWidgetItem(text))
+        self.ui.timingTable.resizeColumnsToContents()
         self._setStatus(f"Segment updated on slices {result.region.k0}..{result.region.k1}.")
 
     def onShowOverlayToggled(self, checked):

@@ -69,7 +69,7 @@ class Request:
 
 
 @dataclass
-class Outcome:
+class SessionOutcome:
     prediction: object  # FastMedSAMLib.Prediction
     device: str
     set_image_ms: float
@@ -246,7 +246,7 @@ class FastMedSAMLogic:
         return Region(k, k, math.floor(min(ys)), math.ceil(max(ys)), math.floor(min(xs)), math.ceil(max(xs))).clipped(shape_kji)
 
     # -- step 2: the Session (worker thread; no MRML here) ---------------------------------------------------
-    def predict(self, request: Request) -> Outcome:
+    def predict(self, request: Request) -> SessionOutcome:
         session = self.session(request.model, request.device)
         set_image_ms = 0.0
         if request.image is not None:
@@ -258,17 +258,17 @@ class FastMedSAMLogic:
         elif self._loaded_image.get((request.model, request.device)) != request.image_key:
             raise FastMedSAMError("the image changed since this prompt was prepared; prompt again")
         prediction = session.predict(box=request.box, points=request.points)
-        return Outcome(prediction, str(getattr(session, "device", request.device)), set_image_ms)
+        return SessionOutcome(prediction, str(getattr(session, "device", request.device)), set_image_ms)
 
     # -- step 3: mask -> segment (main thread) ---------------------------------------------------------------
-    def prediction_region(self, request: Request, outcome: Outcome) -> Tuple[Region, np.ndarray]:
+    def prediction_region(self, request: Request, outcome: SessionOutcome) -> Tuple[Region, np.ndarray]:
         """The region the prediction rewrites (the prompt's box on the affected slices, grown to hold every
         predicted voxel there) and the mask inside it."""
         mask = self._mask_kji(request, outcome.prediction)
         region = self._write_region(request, outcome.prediction, mask)
         return region, mask[region.slices]
 
-    def apply(self, request: Request, outcome: Outcome) -> SegmentResult:
+    def apply(self, request: Request, outcome: SessionOutcome) -> SegmentResult:
         """Write the prediction into the segment: only its region changes, one undo state is recorded."""
         start = time.perf_counter()
         volume, segmentation = self._nodes(request)
@@ -286,7 +286,7 @@ class FastMedSAMLogic:
                                        prompt_key=request.prompt_key))
         return self.record(request, outcome, region, _ms_since(start))
 
-    def record(self, request: Request, outcome: Outcome, region: Region, write_ms: float) -> SegmentResult:
+    def record(self, request: Request, outcome: SessionOutcome, region: Region, write_ms: float) -> SegmentResult:
         """Timings of one prediction: kept in the history, formatted for the overlay."""
         prediction = outcome.prediction
         logic_ms = dict(request.logic_ms)
@@ -436,4 +436,4 @@ class FastMedSAMLogic:
         self.release_sessions()
 
 
-__all__ = ["FastMedSAMLogic", "SegmentResult", "Request", "Outcome"]
+__all__ = ["FastMedSAMLogic", "SegmentResult", "Request", "SessionOutcome"]

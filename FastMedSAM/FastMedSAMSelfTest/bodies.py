@@ -286,11 +286,17 @@ def parameter_node_roundtrip(ctx: SelfTestContext) -> Dict[str, object]:
     params.set("Model", MODEL)
     params.set("Device", DEVICE)
     params.set_flag("ShowOverlay", False)
-    ctx.scene.SetSaveToXMLString(1)
-    ctx.scene.Commit()
-    xml = ctx.scene.GetSceneXMLString()
-    ctx.scene.SetSaveToXMLString(0)
+    root = ctx.scene.GetRootDirectory()
+    ctx.scene.SetRootDirectory(str(ctx.tmp_dir))  # storage file names are written relative to the scene root
+    try:
+        ctx.scene.SetSaveToXMLString(1)
+        ctx.scene.Commit()
+        xml = ctx.scene.GetSceneXMLString()
+    finally:
+        ctx.scene.SetSaveToXMLString(0)
+        ctx.scene.SetRootDirectory(root)
     restored_scene = vtkMRMLScene()
+    restored_scene.SetRootDirectory(str(ctx.tmp_dir))
     restored_scene.SetLoadFromXMLString(1)
     restored_scene.SetSceneXMLString(xml)
     restored_scene.Import()

@@ -62,7 +62,9 @@ def load_lesion_scene(scene, volumes_logic, data_dir: Path) -> LesionScene:
     if volume is None or label_node is None:
         raise RuntimeError(f"could not load {data_dir / IMAGE} or its label")
     label = np.array(util.arrayFromVolume(label_node), dtype=np.uint8)
-    scene.RemoveNode(label_node)
+    for node in (label_node.GetStorageNode(), label_node.GetDisplayNode(), label_node):
+        if node is not None:
+            scene.RemoveNode(node)
 
     # oblique: rotate the file's directions by 20 degrees and move the origin (the voxel grid stays the same)
     directions = vtk.vtkMatrix4x4()

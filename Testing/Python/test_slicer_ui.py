@@ -184,7 +184,7 @@ def test_panel_loads_offscreen_and_renders_png(qt_app) -> None:
     assert "point" in widget.findChild(QWidget, "includePointButton").toolTip()
     assert widget.findChild(QWidget, "roi3DButton").isEnabled()
 
-    widget.resize(460, 860)
+    widget.resize(540, 860)
     widget.show()
     qt_app.processEvents()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
