@@ -73,16 +73,14 @@ class SparsePattern:
 
 
 def group_order(grid: Sequence[int], pattern: SparsePattern) -> torch.Tensor:
-    """(groups, n): the flat token indices (row-major, d slowest) of each sparse group, members row-major.
+    """(groups, nd, nh, nw): the flat token indices (row-major, d slowest) of each sparse group's members.
 
     Along each axis a coordinate is seg * segment + i * dilation + o; a group is one (seg, o) per axis (groups in
-    row-major order of (seg_d, o_d, seg_h, o_h, seg_w, o_w)) and its members are indexed by i."""
+    row-major order of (seg_d, o_d, seg_h, o_h, seg_w, o_w)) and its members form the sub-grid indexed by i."""
     (sd, sh, sw), (rd, rh, rw) = pattern.resolve(grid)
     d, h, w = grid
     flat = torch.arange(d * h * w).view(d // sd, sd // rd, rd, h // sh, sh // rh, rh, w // sw, sw // rw, rw)
-    flat = flat.permute(0, 2, 3, 5, 6, 8, 1, 4, 7)
-    n = (sd // rd) * (sh // rh) * (sw // rw)
-    return flat.reshape(-1, n)
+    return flat.permute(0, 2, 3, 5, 6, 8, 1, 4, 7).reshape(-1, sd // rd, sh // rh, sw // rw)
 
 
 def grouped_attention(
@@ -164,25 +162,40 @@ class Attention3D(nn.Module):
         # channel order of qkv: [q | k | v], each head-major
         q, k, v = qkv.reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         rel_d, rel_h, rel_w = self._rel_terms(q, s)
-        # the key-dependent part that does not depend on the query's w: (b, heads, d, h, kd, kh, kw)
-        rel_hw = rel_h[:, :, :, :, :, None, :] + rel_w[:, :, :, :, None, :, :]
         if self.sparse is None:
             q = q.reshape(b, heads, s, s, s, -1)[:, :, :d, :h, :w].reshape(b, heads, d * h * w, -1)
             # axes (b, heads, d, h, w, kd, kh, kw); `out` keeps it contiguous, so the reshape below is free
+            rel_hw = rel_h[:, :, :d, :h, :, None, :] + rel_w[:, :, :d, :h, None, :, :]
             bias = torch.add(
-                rel_d[:, :, :d, :h, :w, None, None, :], rel_hw[:, :, :d, :h, None], out=q.new_empty(b, heads, d, h, w, s, s, s)
+                rel_d[:, :, :d, :h, :w, None, None, :], rel_hw[:, :, :, :, None], out=q.new_empty(b, heads, d, h, w, s, s, s)
             )
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.reshape(b, heads, d * h * w, n))
             return self.proj(out.transpose(1, 2).reshape(b, d, h, w, c))
         order = group_order((s, s, s), self.sparse).to(x.device)
-        td, th, tw = order // (s * s), order // s % s, order % s  # (G, n) coordinates of each group's members
-        query_dh = (td * s + th)[:, :, None]
-        bias = (
-            rel_d.reshape(b, heads, n, s)[:, :, order[:, :, None], tw[:, None, :]]
-            + rel_hw.reshape(b, heads, s * s, n)[:, :, query_dh, order[:, None, :]]
-        )
-        out = grouped_attention(q, k, v, order, bias)
+        out = grouped_attention(q, k, v, order.flatten(1), self._group_bias(rel_d, rel_h, rel_w, order))
         return self.proj(out.transpose(1, 2).reshape(b, s, s, s, c)[:, :d, :h, :w])
+
+    @staticmethod
+    def _group_bias(rel_d: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """The dense bias restricted to each group of `order` (G, nd, nh, nw): (B, heads, G, n, n), same sums as dense.
+
+        Each term depends on the key through one or two of its coordinates, which are shared along the group's rows,
+        so it is gathered on those coordinates only and broadcast over the rest."""
+        b, heads, s = rel_d.shape[:3]
+        groups, nd, nh, nw = order.shape
+        n = nd * nh * nw
+        d, h, w = order // (s * s), order // s % s, order % s
+        kd = d[:, :, 0, 0][:, None, :, None]  # (G, 1, nd, 1): the group's key coordinates
+        kh = h[:, 0, :, 0][:, None, :, None]
+        kw = w[:, 0, 0, :][:, None, None, :]
+        query = order.reshape(groups, n, 1, 1)
+        query_dh = (d * s + h).reshape(groups, n, 1, 1)
+        rel_d = rel_d.reshape(b, heads, s**3, s)[:, :, query[..., 0], kw[..., 0, :]]  # (b, heads, G, n, nw)
+        rel_h = rel_h.reshape(b, heads, s * s, s, s)[:, :, query_dh, kd, kw]  # (b, heads, G, n, nd, nw)
+        rel_w = rel_w.reshape(b, heads, s * s, s, s)[:, :, query_dh, kh, kw]  # (b, heads, G, n, nh, nw)
+        rel_hw = rel_h[..., :, None, :] + rel_w[..., None, :, :]
+        bias = torch.add(rel_d[..., None, None, :], rel_hw, out=rel_hw.new_empty(b, heads, groups, n, nd, nh, nw))
+        return bias.reshape(b, heads, groups, n, n)
 
 
 class MLP3D(nn.Module):
