@@ -3,8 +3,8 @@
 Layouts (keys are un-prefixed model keys `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*` unless noted):
 * plain state_dict (LiteMedSAM `lite_medsam.pth`, upstream EfficientViT-SAM files);
 * `{"model_state_dict": ...}` plus training state (FastSAM3D full, SAM-Med3D-turbo);
-* `{"state_dict": ...}` (upstream EfficientViT-SAM), or a Lightning `state_dict` whose keys carry `model.` (MedficientSAM
-  `best.ckpt`; only the `model.` keys are kept);
+* `{"state_dict": ...}` (upstream EfficientViT-SAM), or a Lightning `state_dict` whose keys carry `model.`
+  (MedficientSAM `best.ckpt`; only the `model.` keys are kept);
 * FastSAM3D encoder-only: the encoder keys without `image_encoder.`; the prompt encoder and mask decoder then come from
   a second checkpoint, `decoder_from=` (SAM-Med3D-turbo);
 * any of the above saved from `nn.DataParallel` (`module.` on every key).
@@ -82,7 +82,9 @@ def _unwrap(obj: Any, name: str) -> Dict[str, torch.Tensor]:
             if _is_state_dict(obj.get(wrapper)):
                 return dict(obj[wrapper])
         entries = ", ".join(map(str, list(obj)[:10]))
-        raise CheckpointError(f"{name} holds no state_dict (looked for {', '.join(WRAPPERS)}); top-level entries: {entries}")
+        raise CheckpointError(
+            f"{name} holds no state_dict (looked for {', '.join(WRAPPERS)}); top-level entries: {entries}"
+        )
     raise CheckpointError(f"{name} holds a {type(obj).__name__}, not a state_dict")
 
 
@@ -106,7 +108,9 @@ def read_state_dict(source: Source, model: nn.Module) -> Dict[str, torch.Tensor]
     return state
 
 
-def _describe(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> Tuple[List[str], List[str], List[str]]:
+def _describe(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> Tuple[List[str], List[str], List[str]]:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [
@@ -131,8 +135,9 @@ def load_checkpoint(
 ) -> LoadResult:
     """Load `path_or_state` into `model` (in place; call `eval()` afterwards).
 
-    `decoder_from`: a second checkpoint that supplies everything but the image encoder (prompt encoder and mask decoder),
-    e.g. SAM-Med3D-turbo for an encoder-only FastSAM3D file; the image encoder then comes from `path_or_state` alone.
+    `decoder_from`: a second checkpoint that supplies everything but the image encoder (prompt encoder and mask
+    decoder), e.g. SAM-Med3D-turbo for an encoder-only FastSAM3D file; the image encoder then comes from
+    `path_or_state` alone.
     strict (default): missing or unexpected keys raise CheckpointError; wrong shapes always do. Returns the keys that
     were missing from or unexpected in the checkpoint (non-empty only when strict=False)."""
     state = read_state_dict(path_or_state, model)

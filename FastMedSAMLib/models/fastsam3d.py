@@ -29,7 +29,8 @@ def _assemble(encoder: ViT3DEncoder, sparse: Optional[SparsePattern]) -> SamMode
 
 
 def build_fastsam3d(sparse: Optional[SparsePattern] = None) -> SamModel:
-    """Depth 6, 6 heads, all global attention; blocks 0-1 attention-free, blocks 2-5 FastSAM3D's post-norm MLP residual."""
+    """Depth 6, 6 heads, all global attention; blocks 0-1 attention-free, blocks 2-5 with FastSAM3D's MLP residual
+    taken after norm2."""
     encoder = ViT3DEncoder(
         depth=6, num_heads=6, style="fastsam", mlp_only_blocks=2, img_size=IMAGE_SIZE, out_chans=PROMPT_DIM
     )

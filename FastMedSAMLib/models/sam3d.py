@@ -1,9 +1,9 @@
 """3D prompt encoder (points + low-res mask prompt) and 3D mask decoder of SAM-Med3D / FastSAM3D.
 
 Module names follow the official state_dict (`prompt_encoder.pe_layer.*`, `mask_decoder.transformer.*`, ...).
-Conventions the checkpoints were trained with (RECIPE §7): points are (d, h, w) voxel indices shifted by +0.5, a padding
-point (0, 0, 0) with label -1 is appended after the shift, the Fourier PE is [sin, cos, sin], and the dense PE encodes
-grid cell (i, j, k) as ((j+0.5)/8, (i+0.5)/8, (k+0.5)/8), i.e. with the first two axes swapped.
+Conventions the checkpoints were trained with (RECIPE §7): points are (d, h, w) voxel indices shifted by +0.5, a
+padding point (0, 0, 0) with label -1 is appended after the shift, the Fourier PE is [sin, cos, sin], and the dense PE
+encodes grid cell (i, j, k) as ((j+0.5)/8, (i+0.5)/8, (k+0.5)/8), i.e. with the first two axes swapped.
 """
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ class PromptEncoder3D(nn.Module):
             coords, labels = points
             if coords.dim() != 3 or coords.shape[-1] != 3 or tuple(labels.shape) != tuple(coords.shape[:2]):
                 raise PromptError(
-                    f"3D points must be coords (B, N, 3) and labels (B, N), got {tuple(coords.shape)} and {tuple(labels.shape)}"
+                    "3D points must be coords (B, N, 3) and labels (B, N), "
+                    f"got {tuple(coords.shape)} and {tuple(labels.shape)}"
                 )
             batch = coords.shape[0]
         elif masks is not None:
@@ -115,7 +116,8 @@ class PromptEncoder3D(nn.Module):
         else:
             batch = 1
         if masks is not None and tuple(masks.shape[1:]) != (1, *self.mask_input_size):
-            raise PromptError(f"mask prompt must have shape (B, 1, {', '.join(map(str, self.mask_input_size))}), got {tuple(masks.shape)}")
+            shape = ", ".join(map(str, self.mask_input_size))
+            raise PromptError(f"mask prompt must have shape (B, 1, {shape}), got {tuple(masks.shape)}")
         device = self.no_mask_embed.weight.device
         sparse = torch.empty((batch, 0, self.embed_dim), device=device)
         if points is not None:

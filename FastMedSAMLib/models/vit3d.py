@@ -1,12 +1,15 @@
 """3D ViT image encoder of FastSAM3D and SAM-Med3D-turbo (1x1x128^3 volume -> (1, 384, 8, 8, 8) embedding).
 
-Module names follow the official state_dict (`patch_embed.proj`, `pos_embed`, `blocks.i.{norm1,attn,norm2,mlp}`, `neck.*`).
+Module names follow the official state_dict (`patch_embed.proj`, `pos_embed`, `blocks.i.{norm1,attn,norm2,mlp}`,
+`neck.*`).
 Three block variants exist in the checkpoints:
 * `PreNormBlock3D` (SAM-Med3D): x + attn(LN1 x), then + mlp(LN2 x). With `window_size` > 0 the grid is zero-padded to
   the window after LN1 and the padded (zero) tokens take part in attention unmasked, as in the reference.
 * `FastBlock3D` (FastSAM3D attention blocks): y = x + attn(LN1 x); z = LN2 y; z + mlp(z) (MLP residual after the norm).
 * `MLPBlock3D` (FastSAM3D's first blocks, no attention): y = LN2 x; y + mlp(y).
 
+Attention adds the decomposed relative-position bias exactly as the reference computes it, mis-aligned broadcasting
+included (see `Attention3D`); RECIPE §8's textbook formula is not what the checkpoints were trained with.
 Attention is dense by default (what the official weights were trained with). `SparsePattern` switches it to 3D sparse
 attention: tokens are permuted into dilated groups, each group attends only to itself (one batched SDPA call), and the
 original token order is restored afterwards.
@@ -67,7 +70,8 @@ class SparsePattern:
         for n, s, r in zip(grid, segment, dilation):
             if r < 1 or s < 1 or n % s or s % r:
                 raise ValueError(
-                    f"sparse attention pattern segment={segment} dilation={dilation} does not tile the grid {tuple(grid)}"
+                    f"sparse attention pattern segment={segment} dilation={dilation} "
+                    f"does not tile the grid {tuple(grid)}"
                 )
         return segment, dilation  # type: ignore[return-value]
 
@@ -166,9 +170,8 @@ class Attention3D(nn.Module):
             q = q.reshape(b, heads, s, s, s, -1)[:, :, :d, :h, :w].reshape(b, heads, d * h * w, -1)
             # axes (b, heads, d, h, w, kd, kh, kw); `out` keeps it contiguous, so the reshape below is free
             rel_hw = rel_h[:, :, :d, :h, :, None, :] + rel_w[:, :, :d, :h, None, :, :]
-            bias = torch.add(
-                rel_d[:, :, :d, :h, :w, None, None, :], rel_hw[:, :, :, :, None], out=q.new_empty(b, heads, d, h, w, s, s, s)
-            )
+            bias = q.new_empty(b, heads, d, h, w, s, s, s)
+            torch.add(rel_d[:, :, :d, :h, :w, None, None, :], rel_hw[:, :, :, :, None], out=bias)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.reshape(b, heads, d * h * w, n))
             return self.proj(out.transpose(1, 2).reshape(b, d, h, w, c))
         order = group_order((s, s, s), self.sparse).to(x.device)
@@ -185,16 +188,16 @@ class Attention3D(nn.Module):
         groups, nd, nh, nw = order.shape
         n = nd * nh * nw
         d, h, w = order // (s * s), order // s % s, order % s
-        kd = d[:, :, 0, 0][:, None, :, None]  # (G, 1, nd, 1): the group's key coordinates
-        kh = h[:, 0, :, 0][:, None, :, None]
-        kw = w[:, 0, 0, :][:, None, None, :]
-        query = order.reshape(groups, n, 1, 1)
-        query_dh = (d * s + h).reshape(groups, n, 1, 1)
-        rel_d = rel_d.reshape(b, heads, s**3, s)[:, :, query[..., 0], kw[..., 0, :]]  # (b, heads, G, n, nw)
-        rel_h = rel_h.reshape(b, heads, s * s, s, s)[:, :, query_dh, kd, kw]  # (b, heads, G, n, nd, nw)
-        rel_w = rel_w.reshape(b, heads, s * s, s, s)[:, :, query_dh, kh, kw]  # (b, heads, G, n, nh, nw)
+        rows = order.reshape(groups, n, 1, 1)  # the query
+        rows_dh = (d * s + h).reshape(groups, n, 1, 1)  # the query's (d, h)
+        kd = d[:, :, 0, 0].reshape(groups, 1, nd, 1)  # the group's key coordinates along each axis
+        kh = h[:, 0, :, 0].reshape(groups, 1, nh, 1)
+        kw = w[:, 0, 0, :].reshape(groups, 1, 1, nw)
+        rel_d = rel_d.reshape(b, heads, s**3, s)[:, :, rows, kw]  # (b, heads, G, n, 1, nw)
+        rel_h = rel_h.reshape(b, heads, s * s, s, s)[:, :, rows_dh, kd, kw]  # (b, heads, G, n, nd, nw)
+        rel_w = rel_w.reshape(b, heads, s * s, s, s)[:, :, rows_dh, kh, kw]  # (b, heads, G, n, nh, nw)
         rel_hw = rel_h[..., :, None, :] + rel_w[..., None, :, :]
-        bias = torch.add(rel_d[..., None, None, :], rel_hw, out=rel_hw.new_empty(b, heads, groups, n, nd, nh, nw))
+        bias = torch.add(rel_d[..., None, :], rel_hw, out=rel_hw.new_empty(b, heads, groups, n, nd, nh, nw))
         return bias.reshape(b, heads, groups, n, n)
 
 
@@ -328,7 +331,8 @@ class ViT3DEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expected = (self.in_chans, self.img_size, self.img_size, self.img_size)
         if x.dim() != 5 or tuple(x.shape[1:]) != expected:
-            raise ImageError(f"3D encoder input must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+            shape = ", ".join(map(str, expected))
+            raise ImageError(f"3D encoder input must have shape (B, {shape}), got {tuple(x.shape)}")
         x = self.patch_embed(x) + self.pos_embed
         for block in self.blocks:
             x = block(x)

@@ -41,7 +41,9 @@ def _small_3d_sam(style: str, seed: int) -> SamModel:
     if style == "fastsam":
         encoder = ViT3DEncoder(depth=3, num_heads=2, style=style, mlp_only_blocks=1, embed_dim=32, out_chans=48)
     else:
-        encoder = ViT3DEncoder(depth=2, num_heads=2, style=style, window_size=14, global_blocks=(1,), embed_dim=32, out_chans=48)
+        encoder = ViT3DEncoder(
+            depth=2, num_heads=2, style=style, window_size=14, global_blocks=(1,), embed_dim=32, out_chans=48
+        )
     model = SamModel(encoder, PromptEncoder3D(embed_dim=48), MaskDecoder3D(transformer_dim=48))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -126,7 +128,8 @@ def test_data_parallel_prefix(student, target, tmp_path: Path) -> None:
 def test_encoder_only_with_decoder_from(student, teacher, target, tmp_path: Path, wrapped: bool) -> None:
     encoder = {k[len(ENCODER) :]: v for k, v in student.state_dict().items() if k.startswith(ENCODER)}
     encoder_path = _save({"model_state_dict": encoder} if wrapped else encoder, tmp_path / "student_encoder.pth")
-    turbo_path = _save({"model_state_dict": teacher.state_dict(), **_training_state()}, tmp_path / "sam_med3d_turbo.pth")
+    turbo = {"model_state_dict": teacher.state_dict(), **_training_state()}
+    turbo_path = _save(turbo, tmp_path / "sam_med3d_turbo.pth")
     load_checkpoint(target, encoder_path, decoder_from=turbo_path)
     teacher_state = teacher.state_dict()
     expected = {k: v if k.startswith(ENCODER) else teacher_state[k] for k, v in student.state_dict().items()}

@@ -1,10 +1,10 @@
-"""FastSAM3D and SAM-Med3D-turbo parity with the reference fixtures (shared/parity/RECIPE.md), and 3D sparse attention."""
+"""FastSAM3D and SAM-Med3D-turbo parity with the reference fixtures (shared/parity/RECIPE.md); 3D sparse attention."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -53,7 +53,9 @@ def _points(io: Dict[str, np.ndarray], call: int) -> Tuple[torch.Tensor, torch.T
 
 
 @torch.inference_mode()
-def _run_recipe(model: SamModel, io: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, float], np.ndarray]:
+def _run_recipe(
+    model: SamModel, io: Dict[str, np.ndarray]
+) -> Tuple[Dict[str, np.ndarray], Dict[str, float], np.ndarray]:
     image = fixture_image(io)
     modules = dict(model.named_modules())
     abs_sums: Dict[str, float] = {}
@@ -112,7 +114,8 @@ def run(request, parity_dir: Path) -> Run:
             io = {k: npz[k] for k in npz.files}
         result.fixtures[recipe] = io
         if recipe == RECIPES[0]:
-            with torch.inference_mode():  # warm-up: the first forward of this torch build is occasionally off (RECIPE §5)
+            # warm-up: the first forward of this torch build is occasionally off (RECIPE §5)
+            with torch.inference_mode():
                 model.image_encoder(fixture_image(io))
         result.outputs[recipe], result.probes[recipe], result.end_to_end[recipe] = _run_recipe(model, io)
     return result
@@ -166,14 +169,13 @@ def test_encoder_probes(run: Run, recipe: str) -> None:
 PATTERNS = [SparsePattern(2), SparsePattern(2, segment=4), SparsePattern((1, 2, 4)), SparsePattern(1, segment=4)]
 
 
-def _reference_attention(attn: Attention3D, x: torch.Tensor, pattern: SparsePattern = None) -> torch.Tensor:
+def _reference_attention(attn: Attention3D, x: torch.Tensor, pattern: Optional[SparsePattern] = None) -> torch.Tensor:
     """Dense attention written out pair by pair, with the reference's rel-pos bias, masked to the sparse groups."""
     b, s, _, _, c = x.shape
     n, heads = s**3, attn.num_heads
     q, k, v = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    idx = torch.arange(2 * s - 1)
-    table = lambda t: t[(idx[:s, None] - idx[None, :s]) + s - 1]  # noqa: E731  R[i, j] = t[i - j + s - 1]
-    rd, rh, rw = table(attn.rel_pos_d), table(attn.rel_pos_h), table(attn.rel_pos_w)
+    i = torch.arange(s)
+    rd, rh, rw = (t[i[:, None] - i[None, :] + s - 1] for t in (attn.rel_pos_d, attn.rel_pos_h, attn.rel_pos_w))
     d, h, w = (t.reshape(-1) for t in torch.meshgrid(*(torch.arange(s),) * 3, indexing="ij"))
     qi, kj = torch.arange(n)[:, None], torch.arange(n)[None, :]
     grid_q = q.reshape(b, heads, s, s, s, -1)
