@@ -1,0 +1,55 @@
+"""`fastmedsam bench --model litemedsam --out bench.json [--models a,b] [--pause 0,0.25] [--repeats 5]`"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .eval import default_manifest, float_list, name_list, positive_int
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="time models through the Session (cold encode, cached click, 3D propagation, memory)",
+        description=(
+            "Benchmark one or more models (and token-pause fractions) side by side in one process on real CT: "
+            "cold encode of a slice, a cached click, 3D propagation over the DeepLesion volumes; medians over "
+            "--repeats. Models whose weights are not cached are skipped with a note."
+        ),
+    )
+    models = p.add_mutually_exclusive_group()
+    models.add_argument("--model", dest="models", type=lambda t: [t], help="one registry model (default litemedsam)")
+    models.add_argument("--models", dest="models", type=name_list, help="comma-separated registry models")
+    p.add_argument("--pause", type=float_list, default=[0.0], help="token-pause fractions, e.g. 0,0.25,0.5 (default 0)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="repeats; medians are reported (default 5)")
+    p.add_argument(
+        "--weights", choices=("official", "recipe"), default="official",
+        help="official: the cached verified weights; recipe: deterministic parity weights (speed only)",
+    )
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's own)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--manifest", type=Path, default=default_manifest(), help="manifest.json giving the CT volumes")
+    p.add_argument("--out", type=Path, help="write the JSON report here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run, models=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import bench, markdown
+
+    report = bench(
+        args.models or ["litemedsam"],
+        args.manifest,
+        pauses=args.pause,
+        repeats=args.repeats,
+        weights=args.weights,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+    print(markdown(report))
+    return 0

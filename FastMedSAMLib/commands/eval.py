@@ -1,0 +1,87 @@
+"""`fastmedsam eval --manifest M --model litemedsam --out eval.json [--datasets a,b] [--max-targets N] [--pause 0,0.5]`"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+
+def default_manifest() -> Path:
+    shared = os.environ.get("FASTMEDSAM_SHARED")
+    root = Path(shared) if shared else Path(__file__).resolve().parents[3] / "shared"
+    return root / "data" / "manifest.json"
+
+
+def float_list(text: str) -> List[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not 0.0 <= v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"pause values are fractions in [0, 1), got {text!r}")
+    return values
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def name_list(text: str) -> List[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a model on the development manifest (CVPR24 box protocol, DSC/NSD vs the reference)",
+        description=(
+            "Run the CVPR24 box protocol on every target of the manifest through a Session: tight 2D boxes, 3D "
+            "boxes propagated middle-out. Writes per-case rows and per-dataset/modality means as JSON and prints "
+            "a markdown table beside the LiteMedSAM reference numbers."
+        ),
+    )
+    p.add_argument("--manifest", type=Path, default=default_manifest(), help="manifest.json (default: ../shared/data)")
+    p.add_argument("--model", default="litemedsam", help="registry model name (default litemedsam)")
+    p.add_argument("--datasets", type=name_list, help="comma-separated dataset rows to evaluate (default: all)")
+    p.add_argument("--max-targets", type=positive_int, help="at most N targets per dataset row (quick runs)")
+    p.add_argument(
+        "--instances-per-image", type=positive_int,
+        help="sample N instances per image in the instance datasets (default: the reference's 60, EM 100)",
+    )
+    p.add_argument("--pause", type=float_list, default=[0.0], help="token-pause fractions, e.g. 0,0.5 (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--out", type=Path, help="write the JSON report here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate, markdown
+    from ..manifest import INSTANCES_PER_IMAGE
+
+    caps: Optional[dict] = None
+    if args.instances_per_image is not None:
+        caps = dict.fromkeys(INSTANCES_PER_IMAGE, args.instances_per_image)
+    report = evaluate(
+        args.manifest,
+        args.model,
+        datasets=args.datasets,
+        max_targets=args.max_targets,
+        pauses=args.pause,
+        device=args.device,
+        instances_per_image=caps,
+        progress=not args.quiet,
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+    print(markdown(report))
+    return 0
