@@ -6,8 +6,9 @@
 3. CT in Hounsfield units           -> "ct_window": clip to [-160, 240] (WL 40 / WW 400), then min-max to 0-255.
    CT means: the modality hint says CT; or, with no hint, signed-integer or float voxels reaching -500 or below
    (air is about -1000 HU; MR with a few negative interpolation artefacts, like z-scored MR, stays well above).
-4. negative voxels present          -> "percentile_all": clip to the 0.5/99.5 percentiles of all voxels
-   (z-scored volumes have no zero background), then min-max to 0-255.
+4. z-scored (over 5% of voxels < 0)  -> "percentile_all": clip to the 0.5/99.5 percentiles of all voxels
+   (z-scored volumes have no zero background), then min-max to 0-255. A few negative voxels (MR interpolation
+   ringing, e.g. the TotalSegmentator MR example at -47) do not make an image z-scored.
 5. anything else (MR, uint16 microscopy, float) -> "percentile_positive": clip to the 0.5/99.5 percentiles of the
    voxels > 0, min-max to 0-255, and voxels that were 0 stay 0.
 
@@ -27,6 +28,7 @@ from .imageio import Image
 CT_WINDOW = (-160.0, 240.0)
 HU_AIR_THRESHOLD = -500.0
 PERCENTILES = (0.5, 99.5)
+ZSCORED_NEGATIVE_SHARE = 0.05  # z-scored volumes put roughly half their voxels below 0
 RULES = ("window", "as_stored", "ct_window", "percentile_all", "percentile_positive")
 
 
@@ -45,7 +47,7 @@ def intensity_rule(image: Image, window: Optional[Tuple[float, float]] = None) -
         return "as_stored"
     if is_ct(image):
         return "ct_window"
-    if float(image.array.min()) < 0:
+    if float(np.mean(image.array < 0)) > ZSCORED_NEGATIVE_SHARE:
         return "percentile_all"
     return "percentile_positive"
 

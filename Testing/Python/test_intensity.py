@@ -34,8 +34,8 @@ CASES = [
     ("ct_mr_totalseg_example/example_ct_sm.nii.gz", None, "ct_window"),
     ("ct_deeplesion_medsam2/CT_Lesion_000015_01_01_103-115_HU.nii.gz", None, "ct_window"),
     ("ct_dcmqi_3slice/ct_3slice.nii.gz", None, "ct_window"),
-    ("ct_mr_totalseg_example/example_mr_sm.nii.gz", None, "percentile_all"),  # int16 MR, min -47: not CT
-    ("ct_mr_totalseg_example/example_mr_sm.nii.gz", "MR", "percentile_all"),
+    ("ct_mr_totalseg_example/example_mr_sm.nii.gz", None, "percentile_positive"),  # int16 MR, min -47: not CT
+    ("ct_mr_totalseg_example/example_mr_sm.nii.gz", "MR", "percentile_positive"),  # 1.3% ringing < 0: not z-scored
     ("mr_la_heart/LA_06SR5RBREL16DQ6M8LWS_img.nii.gz", "MR (LGE)", "percentile_all"),  # z-scored float
     ("mr_pyradiomics/brain1_image.nrrd", None, "percentile_positive"),
     ("mr_pyradiomics/prostate_phantom_subvolume.nrrd", None, "percentile_positive"),  # uint16
@@ -94,6 +94,9 @@ def test_float_ct_is_recognised_and_small_negatives_are_not_ct():
     np.testing.assert_array_equal(to_uint8(Image.from_array(hu)), cvpr24_ct(hu))
     assert intensity_rule(Image.from_array((hu / 1000).astype(np.float32))) == "percentile_all"
     assert intensity_rule(Image.from_array(np.array([[-499, 3], [7, 900]], dtype=np.int16))) == "percentile_all"
+    ringing = np.arange(100, dtype=np.int16).reshape(10, 10)
+    ringing[0, :3] = -40  # 3% negative: interpolation artefacts, not a z-scored image
+    assert intensity_rule(Image.from_array(ringing)) == "percentile_positive"
 
 
 def test_zeros_stay_zero_and_rgb_and_constant_images():
