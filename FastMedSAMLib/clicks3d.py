@@ -174,9 +174,12 @@ def run_clicks3d(
     from .manifest import iter_cases, read_manifest
     from .session import resolve_device
 
-    clicks = sorted({int(n) for n in clicks})
+    try:
+        clicks = sorted({int(n) for n in clicks})
+    except (TypeError, ValueError):
+        clicks = []
     if not clicks or clicks[0] < 1:
-        raise FastMedSAMError(f"click counts must be positive integers, got {list(clicks)}")
+        raise FastMedSAMError(f"click counts must be positive integers such as 1,3,5,10; got {clicks!r}")
     if model is None:
         model = "fastsam3d" if weights == "recipe" else installed_point_model()
         if model is None:
@@ -330,21 +333,10 @@ def markdown(report: Dict[str, Any]) -> str:
 
 
 # -- command line (for `fastmedsam eval --protocol clicks3d`) --------------------------------------------------------
-def click_counts(text: str) -> List[int]:
-    import argparse
-
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated click counts, got {text!r}") from None
-    if not values or values[0] < 1:
-        raise argparse.ArgumentTypeError(f"click counts must be positive, got {text!r}")
-    return values
-
-
 def run_cli(args: Any, write: Callable[[str], None] = print) -> int:
-    """Run from parsed `eval` arguments: manifest, model (None: the installed 3D model), clicks, seed, weights,
-    device, datasets, max_targets, out, quiet."""
+    """Run from parsed `eval` arguments: manifest, model (None: the installed 3D model), clicks (counts, as numbers
+    or strings), seed, weights ("official", "recipe" or a checkpoint path), device, datasets, max_targets, out,
+    quiet. Writes the JSON report to `out` when given and the markdown table through `write`."""
     import json
 
     report = run_clicks3d(

@@ -22,9 +22,9 @@ Clicks and crops in the Session (`CropEngine.segment`):
   `CropOrPad` rounding. Clicks that no 128³ crop (192 mm) can hold raise a PromptError;
 * each click is one round: the prompt encoder gets that click only and the previous round's 32³ logits as the mask
   prompt (the first round an all-zero mask), as the validation protocol does. A call whose click list extends the
-  last call's list on the same image and crop runs only the new clicks; any other list is replayed click by click
-  from an empty mask prompt. Both give the same result, so a prediction depends only on the image, the crop and
-  the ordered clicks. The user's previous mask never enters the model (it was trained on its own logits only).
+  last call's list on the same image and crop runs only the new clicks; any other list, or any call that had to
+  encode the crop (first use, cache eviction, `clear_cache`), is replayed click by click from an empty mask prompt.
+  Both give the same result, so a prediction depends only on the image, the crop and the ordered clicks. The user's previous mask never enters the model (it was trained on its own logits only).
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def canonical_axes(direction: np.ndarray) -> Tuple[Triple, Triple]:
     return best, signs  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CanonicalGrid:
     """The image's 1.5 mm RAS+ grid: voxel (i, j, k) is at origin + direction · 1.5 · (i, j, k) (LPS)."""
 
@@ -139,7 +139,7 @@ def _empty(
     return image
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Crop:
     """A 128³ window of a `CanonicalGrid` starting at grid voxel `start` (may lie partly outside the grid)."""
 
@@ -358,7 +358,7 @@ class CropEngine:
         last = self._rounds
         clicks = tuple(points)
         same_crop = last is not None and last.image_key == image_key and last.start == crop.start
-        if last is not None and same_crop and clicks[: len(last.points)] == last.points:
+        if last is not None and same_crop and not encoded and clicks[: len(last.points)] == last.points:
             done, low_res, iou = len(last.points), last.low_res, last.iou
         else:
             done, low_res, iou = 0, torch.zeros((1, 1, LOW_RES, LOW_RES, LOW_RES), device=self.device), float("nan")
