@@ -174,12 +174,13 @@ def run_clicks3d(
     from .manifest import iter_cases, read_manifest
     from .session import resolve_device
 
+    requested = list(clicks)
     try:
-        clicks = sorted({int(n) for n in clicks})
+        clicks = sorted({int(n) for n in requested})
     except (TypeError, ValueError):
         clicks = []
     if not clicks or clicks[0] < 1:
-        raise FastMedSAMError(f"click counts must be positive integers such as 1,3,5,10; got {clicks!r}")
+        raise FastMedSAMError(f"click counts must be positive integers such as 1,3,5,10; got {requested}")
     if model is None:
         model = "fastsam3d" if weights == "recipe" else installed_point_model()
         if model is None:

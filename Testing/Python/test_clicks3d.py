@@ -93,9 +93,11 @@ def test_max_and_last_dice_over_the_first_n_clicks():
     assert scores == {"max@1": 0.2, "last@1": 0.2, "max@3": 0.6, "last@3": 0.5, "max@5": 0.7, "last@5": 0.7}
 
 
-def test_a_box_model_or_no_installed_model_is_a_clear_error(manifest_path: Path, monkeypatch):
+def test_a_box_model_bad_click_counts_or_no_installed_model_are_clear_errors(manifest_path: Path, monkeypatch):
     with pytest.raises(FastMedSAMError, match="3D point model"):
         run_clicks3d(manifest_path, "litemedsam", weights="recipe")
+    with pytest.raises(FastMedSAMError, match="positive integers"):
+        run_clicks3d(manifest_path, "fastsam3d", ["0", "x"], weights="recipe")
     monkeypatch.setattr(clicks3d, "installed_point_model", lambda: None)
     with pytest.raises(WeightsError, match="models pull fastsam3d"):
         run_clicks3d(manifest_path, None, weights="official")
