@@ -24,8 +24,8 @@ Clicks and crops in the Session (`CropEngine.segment`):
   prompt (the first round an all-zero mask), as the validation protocol does. A call whose click list extends the
   last call's list on the same image and crop runs only the new clicks; any other list, or any call that had to
   encode the crop (first use, cache eviction, `clear_cache`), is replayed click by click from an empty mask prompt.
-  Both give the same result, so a prediction depends only on the image, the crop and the ordered clicks. The user's previous mask never enters the model (it was trained on its own logits only).
-"""
+  Both give the same result, so a prediction depends only on the image, the crop and the ordered clicks. The
+  user's previous mask never enters the model (it was trained on its own logits only)."""
 from __future__ import annotations
 
 import itertools
