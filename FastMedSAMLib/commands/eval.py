@@ -49,7 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--manifest", type=Path, default=default_manifest(), help="manifest.json (default: ../shared/data)")
-    p.add_argument("--model", default="litemedsam", help="registry model name (default litemedsam)")
+    p.add_argument("--model", help="registry model name (default: litemedsam; clicks3d: the installed 3D model)")
+    p.add_argument("--protocol", choices=("box", "clicks3d"), default="box",
+                   help="box: CVPR24 box protocol (default); clicks3d: FastSAM3D/SAM-Med3D clicks on the 3D cases")
+    p.add_argument("--clicks", type=name_list, default=["1", "3", "5", "10"], help="clicks3d: N to report (1,3,5,10)")
+    p.add_argument("--seed", type=int, default=2023, help="clicks3d: seed of the click draws (default 2023)")
+    p.add_argument("--weights", default="official",
+                   help="clicks3d: official, recipe (untrained parity weights: machinery only) or a checkpoint path")
     p.add_argument("--datasets", type=name_list, help="comma-separated dataset rows to evaluate (default: all)")
     p.add_argument("--max-targets", type=positive_int, help="at most N targets per dataset row (quick runs)")
     p.add_argument(
@@ -64,6 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.protocol == "clicks3d":
+        from ..clicks3d import run_cli
+
+        return run_cli(args)
     from ..evaluate import evaluate, markdown
     from ..manifest import INSTANCES_PER_IMAGE
 
@@ -72,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         caps = dict.fromkeys(INSTANCES_PER_IMAGE, args.instances_per_image)
     report = evaluate(
         args.manifest,
-        args.model,
+        args.model or "litemedsam",
         datasets=args.datasets,
         max_targets=args.max_targets,
         pauses=args.pause,
