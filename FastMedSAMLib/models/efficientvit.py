@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sam2d import LayerNorm2d
+from .sam_layers import LayerNorm2d
 
 EPS = 1e-6
 WIDTHS = (32, 64, 128, 256, 512)

@@ -1,4 +1,5 @@
-"""3D prompt encoder (points + low-res mask prompt) and 3D mask decoder of SAM-Med3D / FastSAM3D.
+"""3D prompt encoder (points + low-res mask prompt) and 3D mask decoder of SAM-Med3D / FastSAM3D (the decoder is
+SAM's, `mask_decoder.py`, on a 3D grid).
 
 Module names follow the official state_dict (`prompt_encoder.pe_layer.*`, `mask_decoder.transformer.*`, ...).
 Conventions the checkpoints were trained with (RECIPE §7): points are (d, h, w) voxel indices shifted by +0.5, a
@@ -14,8 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import PromptError
-from .sam2d import MLP, TwoWayTransformer
-from .vit3d import LayerNorm3d
+from .mask_decoder import MaskDecoder
+from .sam_layers import mask_downscaling
 
 PointPrompt = Tuple[torch.Tensor, torch.Tensor]
 Triple = Tuple[int, int, int]
@@ -68,15 +69,7 @@ class PromptEncoder3D(nn.Module):
         self.point_embeddings = nn.ModuleList([nn.Embedding(1, embed_dim) for _ in range(2)])  # negative, positive
         self.not_a_point_embed = nn.Embedding(1, embed_dim)
         self.mask_input_size = tuple(4 * n for n in image_embedding_size)
-        self.mask_downscaling = nn.Sequential(
-            nn.Conv3d(1, mask_in_chans // 4, kernel_size=2, stride=2),
-            LayerNorm3d(mask_in_chans // 4),
-            nn.GELU(),
-            nn.Conv3d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
-            LayerNorm3d(mask_in_chans),
-            nn.GELU(),
-            nn.Conv3d(mask_in_chans, embed_dim, kernel_size=1),
-        )
+        self.mask_downscaling = mask_downscaling(3, mask_in_chans, embed_dim, nn.GELU)
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:
@@ -129,11 +122,9 @@ class PromptEncoder3D(nn.Module):
         return sparse, dense
 
 
-class MaskDecoder3D(nn.Module):
-    """Image embedding + prompt embeddings -> (B, 1|3, 32, 32, 32) low-res logits and IoU predictions.
-
-    The two-way transformer works on flattened tokens and is shared with the 2D decoder (ReLU MLP, LayerNorm eps 1e-5,
-    cross-attention internal width 192)."""
+class MaskDecoder3D(MaskDecoder):
+    """SAM's mask decoder on an (8, 8, 8) grid -> (B, 1|3, 32, 32, 32) low-res logits and IoU predictions, with the 2D
+    models' two-way transformer (ReLU MLP, LayerNorm eps 1e-5, cross-attention internal width transformer_dim / 2)."""
 
     def __init__(
         self,
@@ -142,63 +133,11 @@ class MaskDecoder3D(nn.Module):
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
     ) -> None:
-        super().__init__()
-        self.transformer = TwoWayTransformer(
-            depth=2, embedding_dim=transformer_dim, num_heads=8, mlp_dim=2048, activation=nn.ReLU, norm_eps=1e-5
+        super().__init__(
+            transformer_dim,
+            num_multimask_outputs=num_multimask_outputs,
+            activation=nn.GELU,
+            iou_head_depth=iou_head_depth,
+            iou_head_hidden_dim=iou_head_hidden_dim,
+            spatial_dims=3,
         )
-        self.num_mask_tokens = num_multimask_outputs + 1
-        self.iou_token = nn.Embedding(1, transformer_dim)
-        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
-        self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose3d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
-            LayerNorm3d(transformer_dim // 4),
-            nn.GELU(),
-            nn.ConvTranspose3d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
-            nn.GELU(),
-        )
-        self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
-        )
-        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
-
-    def forward(
-        self,
-        image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
-        sparse_prompt_embeddings: torch.Tensor,
-        dense_prompt_embeddings: torch.Tensor,
-        multimask_output: bool,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        masks, iou = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
-        chosen = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, chosen], iou[:, chosen]
-
-    def predict_masks(
-        self,
-        image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
-        sparse_prompt_embeddings: torch.Tensor,
-        dense_prompt_embeddings: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """All mask tokens: (B, 4, 32, 32, 32) logits and (B, 4) IoU predictions."""
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.shape[0], -1, -1)
-        tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
-
-        # one image embedding per prompt set
-        src = torch.repeat_interleave(image_embeddings, tokens.shape[0] // image_embeddings.shape[0], dim=0)
-        src = src + dense_prompt_embeddings
-        pos_src = torch.repeat_interleave(image_pe, tokens.shape[0] // image_pe.shape[0], dim=0)
-        b, c, d, h, w = src.shape
-
-        hs, src = self.transformer(src, pos_src, tokens)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, d, h, w))
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
-        b, c, d, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, d * h * w)).reshape(b, -1, d, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)

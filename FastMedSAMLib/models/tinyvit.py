@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sam2d import LayerNorm2d
+from .sam_layers import LayerNorm2d
 
 HW = Tuple[int, int]
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ImageError
+from .sam_layers import LayerNorm3d
 
 EPS = 1e-6
 Triple = Tuple[int, int, int]
@@ -34,22 +35,6 @@ def _triple(value: "int | Sequence[int]") -> Triple:
         return (value, value, value)
     d, h, w = value
     return (int(d), int(h), int(w))
-
-
-class LayerNorm3d(nn.Module):
-    """LayerNorm over the channels of an NCDHW tensor (biased variance)."""
-
-    def __init__(self, channels: int, eps: float = EPS) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None, None] * x + self.bias[:, None, None, None]
 
 
 @dataclass(frozen=True)
