@@ -129,7 +129,7 @@ class Variant:
 def rss_mb() -> float:
     """Resident set size of this process now (Linux /proc), in MiB."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     except OSError:

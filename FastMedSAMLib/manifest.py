@@ -117,7 +117,7 @@ class Target:
 def read_manifest(path: Union[str, Path]) -> List[Entry]:
     path = Path(path)
     try:
-        rows = json.loads(path.read_text())
+        rows = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ManifestError(f"manifest not found: {path}") from None
     except json.JSONDecodeError as exc:

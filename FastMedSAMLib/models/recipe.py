@@ -50,7 +50,7 @@ def recipe_value(key: str, shape: Sequence[int], tag: str = "", gain: bool = Fal
 
 def read_keys(keys_json: PathLike) -> List[Tuple[str, List[int], str, str]]:
     """keys.json entries as (key, shape, dtype, tag); tag is "" when absent."""
-    entries = json.loads(Path(keys_json).read_text())
+    entries = json.loads(Path(keys_json).read_text(encoding="utf-8"))
     return [(e[0], list(e[1]), e[2], e[3] if len(e) > 3 else "") for e in entries]
 
 

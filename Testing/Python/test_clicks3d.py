@@ -121,7 +121,7 @@ def reports(manifest_path: Path, tmp_path_factory):
     printed: List[str] = []
     assert clicks3d.run_cli(args, write=printed.append) == 0
     assert "meaningless" in printed[0] and "| mr_pyradiomics_phantom | 1 |" in printed[0]
-    return run(7), run(7), json.loads(out.read_text())
+    return run(7), run(7), json.loads(out.read_text(encoding="utf-8"))
 
 
 def _without_timings(rows):

@@ -72,7 +72,7 @@ def test_cli_writes_json_and_prints_the_table(manifest_path, litemedsam_checkpoi
     code = main(["eval", "--manifest", str(manifest_path), "--datasets", "us_hc18", "--max-targets", "1",
                  "--out", str(out), "--quiet"])
     assert code == 0
-    written = json.loads(out.read_text())
+    written = json.loads(out.read_text(encoding="utf-8"))
     assert len(written["cases"]) == 1 and written["cases"][0]["dsc"] > 0.8  # reference mean 0.8976
     assert "| us_hc18 |" in capsys.readouterr().out
     assert main(["eval", "--manifest", str(manifest_path), "--datasets", "nope", "--quiet"]) == 2

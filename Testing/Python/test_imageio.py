@@ -191,7 +191,7 @@ def manifest_entries() -> list:
     from conftest import shared_root
 
     path = shared_root() / "data" / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else [None]
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else [None]
 
 
 def expected_shape(entry: dict) -> tuple:

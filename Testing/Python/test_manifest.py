@@ -47,7 +47,7 @@ def by_dataset(cases):
 
 
 def test_reference_dict_matches_the_reference_document(manifest_path):
-    doc = (manifest_path.parent.parent / "docs" / "reference-baseline.md").read_text()
+    doc = (manifest_path.parent.parent / "docs" / "reference-baseline.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| (\w+) \| ([^|]+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", doc, flags=re.M)
     parsed = {name: (prompt.strip(), int(n), float(d), float(s)) for name, prompt, n, d, s in rows}
     assert parsed == REFERENCE
@@ -171,7 +171,7 @@ def test_bad_manifests_raise_clear_errors(tmp_path: Path, manifest_path):
 
 
 def test_mismatched_label_grid_is_refused(tmp_path: Path, manifest_path):
-    rows = json.loads(manifest_path.read_text())
+    rows = json.loads(manifest_path.read_text(encoding="utf-8"))
     row = next(r for r in rows if r["image"].startswith("us_hc18"))
     other = next(r for r in rows if r["image"].startswith("xray_lung"))
     data = manifest_path.parent

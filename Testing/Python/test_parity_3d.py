@@ -122,14 +122,14 @@ def run(request, parity_dir: Path) -> Run:
 
 
 def test_state_dict_layout(run: Run, parity_dir: Path) -> None:
-    expected = [(e[0], e[1], e[2]) for e in json.loads((parity_dir / f"{run.stem}.keys.json").read_text())]
+    expected = [(e[0], e[1], e[2]) for e in json.loads((parity_dir / f"{run.stem}.keys.json").read_text(encoding="utf-8"))]
     assert run.layout == expected
 
 
 def test_norm_eps_and_tags(run: Run, parity_dir: Path) -> None:
     norms = {n: [type(m).__name__, m.eps] for n, m in run.model.named_modules() if isinstance(m, NORM_TYPES)}
-    assert norms == json.loads((parity_dir / f"{run.stem}.norm_eps.json").read_text())
-    tagged = {e[0] for e in json.loads((parity_dir / f"{run.stem}.keys.json").read_text()) if e[3:] == ["norm"]}
+    assert norms == json.loads((parity_dir / f"{run.stem}.norm_eps.json").read_text(encoding="utf-8"))
+    tagged = {e[0] for e in json.loads((parity_dir / f"{run.stem}.keys.json").read_text(encoding="utf-8")) if e[3:] == ["norm"]}
     assert tagged == {f"{n}.weight" for n in norms}
 
 

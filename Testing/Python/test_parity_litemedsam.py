@@ -80,13 +80,13 @@ def run(request, parity_dir: Path, warmed_up: None) -> Dict[str, object]:
 
 
 def test_state_dict_layout(parity_dir: Path):
-    expected = [entry[:3] for entry in json.loads((parity_dir / "litemedsam.keys.json").read_text())]
+    expected = [entry[:3] for entry in json.loads((parity_dir / "litemedsam.keys.json").read_text(encoding="utf-8"))]
     actual = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in build_litemedsam().state_dict().items()]
     assert actual == expected
 
 
 def test_norm_eps(parity_dir: Path):
-    expected = json.loads((parity_dir / "litemedsam.norm_eps.json").read_text())
+    expected = json.loads((parity_dir / "litemedsam.norm_eps.json").read_text(encoding="utf-8"))
     model = build_litemedsam()
     norms = {
         name: [type(module).__name__, module.eps]
@@ -163,7 +163,7 @@ def test_real_weights_segment_the_fixture_ellipse(run):
 
 
 def test_adapter_segments_a_polyp(real_model: SamModel, data_dir: Path, manifest_path: Path):
-    entry = next(e for e in json.loads(manifest_path.read_text()) if e["image"] == KVASIR)
+    entry = next(e for e in json.loads(manifest_path.read_text(encoding="utf-8")) if e["image"] == KVASIR)
     rgb = np.asarray(Image.open(data_dir / entry["image"]).convert("RGB"))
     truth = np.asarray(Image.open(data_dir / entry["label"])) > 0
     rows, cols = np.nonzero(truth)

@@ -112,12 +112,12 @@ def run(request, parity_dir: Path) -> Run:
 
 
 def test_state_dict_layout(run: Run, parity_dir: Path) -> None:
-    expected = [(e[0], e[1], e[2]) for e in json.loads((parity_dir / f"medficientsam_{run.variant}.keys.json").read_text())]
+    expected = [(e[0], e[1], e[2]) for e in json.loads((parity_dir / f"medficientsam_{run.variant}.keys.json").read_text(encoding="utf-8"))]
     assert run.layout == expected
 
 
 def test_norm_eps(run: Run, parity_dir: Path) -> None:
-    expected = json.loads((parity_dir / f"medficientsam_{run.variant}.norm_eps.json").read_text())
+    expected = json.loads((parity_dir / f"medficientsam_{run.variant}.norm_eps.json").read_text(encoding="utf-8"))
     assert run.norm_eps == expected
 
 
@@ -151,7 +151,7 @@ def test_encoder_probes(run: Run, recipe: str) -> None:
 @pytest.fixture(scope="module")
 def dermoscopy(manifest_path: Path, data_dir: Path) -> Tuple[np.ndarray, np.ndarray]:
     """A 450x600 RGB dermoscopy image and its lesion mask."""
-    entry = next(e for e in json.loads(manifest_path.read_text()) if e["modality"] == "Dermoscopy")
+    entry = next(e for e in json.loads(manifest_path.read_text(encoding="utf-8")) if e["modality"] == "Dermoscopy")
     rgb = cv2.cvtColor(cv2.imread(str(data_dir / entry["image"]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     mask = cv2.imread(str(data_dir / entry["label"]), cv2.IMREAD_GRAYSCALE) > 0
     assert rgb.shape[:2] == mask.shape and max(rgb.shape[:2]) != 512 and mask.any()

@@ -49,7 +49,7 @@ def ui_widgets() -> Dict[str, str]:
 
 def names_used_by_widget_code() -> Set[str]:
     """Every `self.ui.<name>` in FastMedSAM.py plus the names it reaches through `panel` tables."""
-    source = WIDGET_CODE.read_text()
+    source = WIDGET_CODE.read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.(\w+)", source))
     used |= set(panel.TOOL_BUTTONS.values())
     used |= {widget for widget, _ in panel.SHORTCUTS.values()}
@@ -133,7 +133,7 @@ def _figures_records() -> List[TimingRecord]:
     path = ARTIFACTS / "slicer_logic_figures.json"
     if not path.exists():
         return []
-    figures = json.loads(path.read_text())
+    figures = json.loads(path.read_text(encoding="utf-8"))
     records = []
     for name, kind in (("box_propagation", "3D"), ("slice_prompt", "slice")):
         if name in figures:
@@ -207,13 +207,13 @@ def _cmake_list(text: str, variable: str) -> List[str]:
 
 
 def test_extension_layout_lists_every_file() -> None:
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                      "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert re.search(rf"set\({variable}\s", top), f"top-level CMakeLists.txt lacks {variable}"
     assert "add_subdirectory(FastMedSAM)" in top
 
-    module = (MODULE_DIR / "CMakeLists.txt").read_text()
+    module = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = _cmake_list(module, "MODULE_PYTHON_SCRIPTS")
     resources = _cmake_list(module, "MODULE_PYTHON_RESOURCES")
     for item in scripts + resources:
@@ -243,7 +243,7 @@ def test_module_sources_compile(path: str, tmp_path: Path) -> None:
     define what Slicer looks for."""
     source = MODULE_DIR / path
     py_compile.compile(str(source), cfile=str(tmp_path / "out.pyc"), doraise=True)
-    tree = ast.parse(source.read_text())
+    tree = ast.parse(source.read_text(encoding="utf-8"))
     classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
     if path == "FastMedSAM.py":
         assert {"FastMedSAM", "FastMedSAMWidget", "FastMedSAMTest"} <= classes

@@ -203,7 +203,7 @@ def test_registry_entries_are_complete_and_buildable(monkeypatch: pytest.MonkeyP
     from FastMedSAMLib.models import BUILDERS
 
     monkeypatch.delenv("FASTMEDSAM_REGISTRY", raising=False)
-    raw = json.loads(REAL_REGISTRY.read_text())
+    raw = json.loads(REAL_REGISTRY.read_text(encoding="utf-8"))
     specs = {s.name: s for s in list_specs()}
     assert list(specs) == [m["name"] for m in raw["models"]] == [
         "litemedsam", "medficientsam-l0", "medficientsam-l1", "medficientsam-l2",
@@ -239,13 +239,13 @@ def test_registry_entries_are_complete_and_buildable(monkeypatch: pytest.MonkeyP
 
 
 def test_malformed_registry_is_rejected(tmp_path: Path) -> None:
-    raw = json.loads(REAL_REGISTRY.read_text())
+    raw = json.loads(REAL_REGISTRY.read_text(encoding="utf-8"))
     del raw["models"][1]["licence"]
     broken = tmp_path / "missing_field.json"
     broken.write_text(json.dumps(raw))
     with pytest.raises(RegistryError, match=r"models\[1\].*licence"):
         load_registry(broken)
-    raw = json.loads(REAL_REGISTRY.read_text())
+    raw = json.loads(REAL_REGISTRY.read_text(encoding="utf-8"))
     raw["models"][0]["prompts"] = ["box", "scribble"]
     broken.write_text(json.dumps(raw))
     with pytest.raises(RegistryError, match="prompts"):
@@ -350,7 +350,7 @@ def test_tampered_cache_is_never_used(test_registry: Path, server) -> None:
 
 def test_unknown_sha256_is_recorded_on_first_download(test_registry: Path, server) -> None:
     path = ensure_weights("tofu", progress=False)
-    record = json.loads(path.with_name("tofu.pth.verified.json").read_text())
+    record = json.loads(path.with_name("tofu.pth.verified.json").read_text(encoding="utf-8"))
     assert record["sha256"] == PAYLOAD_SHA and record["pinned"] is False
     with pytest.raises(WeightsError, match="from the first download"):
         fetch_weights("tofu", url=f"{server.url}/wrong.bin", progress=False)
