@@ -10,20 +10,14 @@ from typing import List, Optional
 
 from .errors import FastMedSAMError
 
-COMMANDS = ["segment", "demo", "eval", "bench", "models", "train_pause"]
+COMMANDS = ["segment", "demo", "eval", "bench", "models"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastmedsam", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = import_module(f".commands.{name}", __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.commands.{name}":
-                raise
-            continue  # command not built yet
-        module.register(sub)
+        import_module(f".commands.{name}", __package__).register(sub)
     return parser
 
 
