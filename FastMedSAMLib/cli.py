@@ -14,7 +14,9 @@ COMMANDS = ["segment", "demo", "eval", "bench", "models"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastmedsam", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="fastmedsam", description="Fast interactive medical image segmentation with efficient SAM models."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         import_module(f".commands.{name}", __package__).register(sub)
