@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from .eval import default_manifest, float_list, name_list, positive_int
+from .eval import default_manifest, emit, float_list, name_list, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,8 +47,4 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.quiet,
     )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
-    print(markdown(report))
-    return 0
+    return emit(report, markdown(report), args.out)

@@ -8,6 +8,15 @@ from pathlib import Path
 from typing import List, Optional
 
 
+def emit(report: dict, table: str, out: Optional[Path]) -> int:
+    """Write the JSON report (if asked) and print its markdown table."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    print(table)
+    return 0
+
+
 def default_manifest() -> Path:
     shared = os.environ.get("FASTMEDSAM_SHARED")
     root = Path(shared) if shared else Path(__file__).resolve().parents[3] / "shared"
@@ -90,8 +99,4 @@ def run(args: argparse.Namespace) -> int:
         instances_per_image=caps,
         progress=not args.quiet,
     )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
-    print(markdown(report))
-    return 0
+    return emit(report, markdown(report), args.out)

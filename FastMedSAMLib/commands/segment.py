@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

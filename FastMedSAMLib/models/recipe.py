@@ -82,3 +82,21 @@ def fixture_image(io: Mapping[str, np.ndarray]) -> torch.Tensor:
     """The encoder input stored in an io.npz: float32(image_q) * image_scale (exact, image_scale a power of two)."""
     scale = np.float32(io["image_scale"])
     return torch.from_numpy(io["image_q"].astype(np.float32) * scale)
+
+
+def encode_with_probes(model: torch.nn.Module, image: torch.Tensor, probe_names: Sequence[str]) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """`model.image_encoder(image)`, recording the float64 abs-sum of each named module's output (the fixtures'
+    `probe_names` / `probe_stats`: a debugging aid that locates a mismatch inside the encoder)."""
+    modules = dict(model.named_modules())
+    abs_sums: Dict[str, float] = {}
+
+    def record(name: str):
+        return lambda _module, _inputs, out: abs_sums.__setitem__(name, out.double().abs().sum().item())
+
+    hooks = [modules[name].register_forward_hook(record(name)) for name in probe_names]
+    try:
+        embedding = model.image_encoder(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return embedding, abs_sums

@@ -14,7 +14,7 @@ from torch import nn
 
 from FastMedSAMLib.models import build_model
 from FastMedSAMLib.models.base import SamModel
-from FastMedSAMLib.models.recipe import fixture_image, recipe_checksum, recipe_state_dict
+from FastMedSAMLib.models.recipe import encode_with_probes, fixture_image, recipe_checksum, recipe_state_dict
 from FastMedSAMLib.models.vit3d import Attention3D, LayerNorm3d, SparsePattern, group_order, grouped_attention
 
 MODELS = {"fastsam3d": "fastsam3d", "sam_med3d_turbo": "sam-med3d-turbo"}  # fixture stem -> registry name
@@ -57,19 +57,7 @@ def _run_recipe(
     model: SamModel, io: Dict[str, np.ndarray]
 ) -> Tuple[Dict[str, np.ndarray], Dict[str, float], np.ndarray]:
     image = fixture_image(io)
-    modules = dict(model.named_modules())
-    abs_sums: Dict[str, float] = {}
-    hooks = [
-        modules[name].register_forward_hook(
-            lambda _m, _i, out, name=name: abs_sums.__setitem__(name, out.double().abs().sum().item())
-        )
-        for name in io["probe_names"]
-    ]
-    try:
-        embedding = model.image_encoder(image)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    embedding, abs_sums = encode_with_probes(model, image, [str(n) for n in io["probe_names"]])
     pe = model.prompt_encoder.get_dense_pe()
     stored = torch.from_numpy(io["image_embeddings"])
     outputs = {"image_embeddings": embedding, "image_pe": pe}

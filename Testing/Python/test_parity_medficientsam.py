@@ -16,7 +16,7 @@ from FastMedSAMLib.errors import ImageError
 from FastMedSAMLib.models import build_model
 from FastMedSAMLib.models.base import Frame
 from FastMedSAMLib.models.medficientsam import MedficientSAMAdapter
-from FastMedSAMLib.models.recipe import fixture_image, recipe_checksum, recipe_state_dict
+from FastMedSAMLib.models.recipe import encode_with_probes, fixture_image, recipe_checksum, recipe_state_dict
 from FastMedSAMLib.models.sam2d import LayerNorm2d
 
 VARIANTS = ("l0", "l1", "l2")
@@ -59,19 +59,7 @@ def _fixture_paths(parity_dir: Path, variant: str, recipe: str) -> Tuple[Path, P
 def _run_recipe(model: nn.Module, io: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
     image = fixture_image(io)
     model.image_encoder(image)  # warm-up: the first forward of this torch build is occasionally off (RECIPE §5)
-    modules = dict(model.named_modules())
-    abs_sums: Dict[str, float] = {}
-    hooks = [
-        modules[name].register_forward_hook(
-            lambda _m, _i, out, name=name: abs_sums.__setitem__(name, out.double().abs().sum().item())
-        )
-        for name in io["probe_names"]
-    ]
-    try:
-        embedding = model.image_encoder(image)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    embedding, abs_sums = encode_with_probes(model, image, [str(n) for n in io["probe_names"]])
     box = torch.from_numpy(io["box_1"])
     sparse, dense = model.prompt_encoder(points=None, boxes=box, masks=None)
     pe = model.prompt_encoder.get_dense_pe()
