@@ -60,9 +60,9 @@ def load_bench_data(manifest: Union[str, Path]) -> BenchData:
 def _prediction_figures(prediction: Any, stages: Sequence[str]) -> Figures:
     figures = {f"{stage}_ms": float(prediction.timings.get(stage, 0.0)) for stage in stages}
     figures["encoder_calls"] = float(prediction.encoder_calls)
-    paused = getattr(prediction, "paused_fraction", None)  # reported by the token-paused encoder, when it exists
-    if paused is not None:
-        figures["paused_fraction"] = float(paused)
+    figures["paused_fraction"] = prediction.paused_fraction
+    for block, fraction in enumerate(prediction.paused_by_block or ()):
+        figures[f"paused_block{block}"] = float(fraction)
     return figures
 
 
@@ -183,13 +183,9 @@ def _open_variant(variant: Variant, device: str, parity_dir: Path, scratch: Path
             "or use --weights recipe for speed-only numbers"
         )
         return
-    options: Dict[str, Any] = {"pause": variant.pause} if variant.pause else {}
     start = time.perf_counter()
     try:
-        variant.session = Session(model=variant.model, device=device, weights=weights, **options)
-    except TypeError as exc:
-        variant.note = f"this Session has no token pausing: {exc}"
-        return
+        variant.session = Session(model=variant.model, device=device, weights=weights, pause=variant.pause)
     except FastMedSAMError as exc:
         variant.note = str(exc)
         return
@@ -307,8 +303,12 @@ def markdown(report: Dict[str, Any]) -> str:
         lines.append(_row("encoder speed-up vs first", [
             None if base is None or not get(v, "encode_cold", "encode_ms") else base / get(v, "encode_cold", "encode_ms")
             for v in ok], ".2f"))
-        if any("paused_fraction" in v["median"].get("encode_cold", {}) for v in ok):
-            lines.append(_row("tokens paused", [get(v, "encode_cold", "paused_fraction") for v in ok], ".2f"))
+        if any(v["pause"] for v in ok):
+            lines.append(_row("tokens paused (mean over blocks)", [get(v, "encode_cold", "paused_fraction") for v in ok], ".2f"))
+            blocks = sorted({int(k[len("paused_block"):]) for v in ok for k in v["median"].get("encode_cold", {})
+                             if k.startswith("paused_block")})
+            for block in blocks:
+                lines.append(_row(f"  paused at block {block}", [get(v, "encode_cold", f"paused_block{block}") for v in ok], ".2f"))
         lines.append(_row("cold click total ms", [get(v, "encode_cold", "total_ms") for v in ok], ".1f"))
         lines.append(_row("cached click total ms", [get(v, "click_cached", "total_ms") for v in ok], ".1f"))
         lines.append(_row("cached click decode ms", [get(v, "click_cached", "decode_ms") for v in ok], ".1f"))

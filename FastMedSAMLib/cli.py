@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from .errors import FastMedSAMError
 
-COMMANDS = ["segment", "demo", "eval", "bench", "models"]
+COMMANDS = ["segment", "demo", "eval", "bench", "models", "train_pause"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,18 +107,10 @@ def summarise(cases: Sequence[CaseResult]) -> Dict[str, Any]:
 
 
 def _open_sessions(model: str, pauses: Sequence[float], device: str, cache_mb: float) -> Dict[float, Any]:
+    """One Session per knob value (each with its own embedding cache)."""
     from .session import Session
 
-    sessions = {}
-    for pause in pauses:
-        if pause:
-            try:
-                sessions[pause] = Session(model=model, device=device, cache_mb=cache_mb, pause=pause)
-            except TypeError as exc:
-                raise FastMedSAMError(f"this Session has no token pausing (pause={pause}): {exc}") from None
-        else:
-            sessions[pause] = Session(model=model, device=device, cache_mb=cache_mb)
-    return sessions
+    return {pause: Session(model=model, device=device, cache_mb=cache_mb, pause=pause) for pause in pauses}
 
 
 def _run_target(session: Any, target: Target, label: np.ndarray, spacing: Optional[Tuple[float, ...]]) -> Tuple[Optional[float], Optional[float], int, float, Optional[str]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -34,6 +34,14 @@ class Prediction:
     encoder_calls: int = 0
     iou: float = float("nan")
     prompt: Dict[str, object] = field(default_factory=dict)
+    # token pausing: fraction of tokens paused per encoder block (mean over the slices used), None when pause = 0
+    paused_by_block: Optional[List[float]] = None
+
+    @property
+    def paused_fraction(self) -> float:
+        """Fraction of the encoder's block-token computations that token pausing skipped (0 for the plain model)."""
+        blocks = self.paused_by_block
+        return float(sum(blocks) / len(blocks)) if blocks else 0.0
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -51,6 +59,9 @@ class Session:
     >>> s = Session(model="litemedsam", device="auto")
     >>> s.set_image(volume, spacing=(0.8, 0.8, 5.0))
     >>> s.predict(box=Box3D(100, 120, 4, 180, 200, 9)).mask.shape
+
+    `pause` in [0, 1] is the token-pausing knob of models that have pause heads (LiteMedSAM): 0 runs the plain
+    encoder, higher values pause more tokens mid-encoder (faster, less exact); `set_pause` changes it at any time.
     """
 
     def __init__(
@@ -61,7 +72,11 @@ class Session:
         cache_mb: float = 1024,
         points_as_box: bool = False,
         weights: Optional[Path] = None,
+        pause: float = 0.0,
     ) -> None:
+        from .pause import validate_pause
+
+        validate_pause(pause)  # a bad knob fails before any weights load
         self.spec = get_spec(model)
         self.model_name = model
         self.device = resolve_device(device)
@@ -76,6 +91,28 @@ class Session:
             self._engine = SliceEngine(self.net, slice_adapter(model), self.device, self.cache)
         self.image: Optional[Image] = None
         self._u8: Optional[np.ndarray] = None
+        self.pause = 0.0
+        self._pause_heads = None
+        self.set_pause(pause)
+
+    # -- token pausing ---------------------------------------------------------------------------------------
+    def set_pause(self, pause: float) -> None:
+        """Set the token-pausing knob (0 = the plain model). Embeddings cached under another value stay cached.
+
+        Raises PauseError for a value outside [0, 1] or a model without pause heads (then nothing changes)."""
+        from .pause import PauseError, load_pause_heads, paused_encoder, validate_pause
+
+        value = validate_pause(pause)
+        if value == self.pause:
+            return
+        if not isinstance(self._engine, SliceEngine):
+            raise PauseError(f"token pausing is not available for the 3D point model {self.model_name!r}; use pause=0")
+        if self._pause_heads is None:
+            self._pause_heads = load_pause_heads(self.model_name)
+        encoder = paused_encoder(self.net, self.model_name, value, heads=self._pause_heads)
+        self._engine.encoder = self.net.encode if encoder is None else encoder
+        self._engine.encoder_tag = None if encoder is None else ("pause", value)
+        self.pause = value
 
     # -- image -----------------------------------------------------------------------------------------------
     def set_image(
@@ -175,6 +212,7 @@ class Session:
             encoder_calls=int(result.encoded),
             iou=result.iou,
             prompt={"box": clipped},
+            paused_by_block=result.paused,
         )
 
     def _predict_box3d(self, box: Box3D) -> Prediction:
@@ -193,6 +231,7 @@ class Session:
             encoder_calls=result.encoder_calls,
             iou=result.iou,
             prompt={"box3d": clipped},
+            paused_by_block=result.paused,
         )
 
     def _predict_points(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Hashable, Optional, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -28,6 +28,7 @@ class SliceResult:
     iou: float
     timings: Dict[str, float]
     encoded: bool  # False when the embedding came from the cache
+    paused: Optional[List[float]] = None  # fraction of tokens paused per encoder block (token-paused encoder only)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class VolumeResult:
     timings: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     encoder_calls: int = 0
     z_range: Optional[Tuple[int, int]] = None  # slices the result may differ from zero in, inclusive
+    paused: Optional[List[float]] = None  # per encoder block, mean over the slices used (token-paused encoder only)
 
 
 def to_rgb(slice_u8: np.ndarray) -> np.ndarray:
@@ -56,28 +58,36 @@ def frame_box_from_mask(mask: np.ndarray, frame: Frame, margin: int = PROPAGATIO
 
 
 class SliceEngine:
-    """Runs one 2D family (`SamModel` + its `SliceAdapter`) on uint8 slices with an embedding cache."""
+    """Runs one 2D family (`SamModel` + its `SliceAdapter`) on uint8 slices with an embedding cache.
+
+    `encoder` is what turns a preprocessed slice into an embedding: `net.encode`, or a token-paused encoder (which
+    reports `last_stats`); `encoder_tag` tells cached embeddings of different encoders apart."""
 
     def __init__(self, net: SamModel, adapter: SliceAdapter, device: torch.device, cache: EmbeddingCache) -> None:
         self.net = net
         self.adapter = adapter
         self.device = device
         self.cache = cache
+        self.encoder: Callable[[torch.Tensor], torch.Tensor] = net.encode
+        self.encoder_tag: Hashable = None
 
-    def _embedding(self, key: Hashable, slice_u8: np.ndarray, timings: Dict[str, float]) -> Tuple[torch.Tensor, Frame, bool]:
+    def _embedding(self, key: Hashable, slice_u8: np.ndarray, timings: Dict[str, float]) -> Tuple[torch.Tensor, Frame, bool, Optional[List[float]]]:
+        key = (self.encoder_tag, key)
         cached = self.cache.get(key)
         if cached is not None:
-            return cached[0], cached[1], False
+            return cached[0], cached[1], False, cached[2]
         start = time.perf_counter()
         tensor, frame = self.adapter.preprocess(to_rgb(slice_u8))
         timings["preprocess"] += _ms_since(start)
         start = time.perf_counter()
-        embedding = self.net.encode(tensor.to(self.device))
+        embedding = self.encoder(tensor.to(self.device))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         timings["encode"] += _ms_since(start)
-        self.cache.put(key, (embedding, frame))
-        return embedding, frame, True
+        stats = getattr(self.encoder, "last_stats", None)
+        paused = None if stats is None else stats.paused_fraction()
+        self.cache.put(key, (embedding, frame, paused))
+        return embedding, frame, True, paused
 
     def _decode(self, embedding: torch.Tensor, frame: Frame, frame_box: np.ndarray, timings: Dict[str, float]) -> Tuple[np.ndarray, float]:
         start = time.perf_counter()
@@ -92,9 +102,9 @@ class SliceEngine:
     def segment(self, key: Hashable, slice_u8: np.ndarray, box: Box) -> SliceResult:
         """Segment one slice from a pixel-space box (inclusive indices)."""
         timings = dict.fromkeys(STAGES, 0.0)
-        embedding, frame, encoded = self._embedding(key, slice_u8, timings)
+        embedding, frame, encoded, paused = self._embedding(key, slice_u8, timings)
         mask, iou = self._decode(embedding, frame, frame.box_to_frame(box.x0, box.y0, box.x1, box.y1), timings)
-        return SliceResult(mask, iou, timings, encoded)
+        return SliceResult(mask, iou, timings, encoded, paused)
 
     def propagate(self, key_prefix: Hashable, volume_u8: np.ndarray, box: Box3D) -> VolumeResult:
         """CVPR24 middle-out propagation: the middle slice takes the 3D box's 2D box; every other slice takes the
@@ -102,11 +112,14 @@ class SliceEngine:
         z0, z1 = int(box.z0), int(box.z1)
         z_mid = int((z1 - z0) / 2 + z0)
         result = VolumeResult(mask=np.zeros(volume_u8.shape[:3], dtype=bool), iou=0.0)
+        paused_per_slice: List[List[float]] = []
         for order in (range(z_mid, z1 + 1), range(z_mid - 1, z0 - 1, -1)):
             previous: Optional[np.ndarray] = None if order.start == z_mid else result.mask[z_mid]
             for z in order:
-                embedding, frame, encoded = self._embedding((key_prefix, z), volume_u8[z], result.timings)
+                embedding, frame, encoded, paused = self._embedding((key_prefix, z), volume_u8[z], result.timings)
                 result.encoder_calls += int(encoded)
+                if paused is not None:
+                    paused_per_slice.append(paused)
                 frame_box = None if previous is None else frame_box_from_mask(previous, frame)
                 if frame_box is None:
                     frame_box = frame.box_to_frame(box.x0, box.y0, box.x1, box.y1)
@@ -115,4 +128,6 @@ class SliceEngine:
                 if z == z_mid:
                     result.iou = iou
                 previous = mask
+        if paused_per_slice:
+            result.paused = [float(v) for v in np.mean(paused_per_slice, axis=0)]
         return result

@@ -30,6 +30,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), help="intensity window (CT default -160 240)")
     p.add_argument("--name", default="segment", help="segment name written into .seg.nrrd")
+    p.add_argument("--pause", type=float, default=0.0,
+                   help="token-pausing knob in [0, 1]: 0 = the plain model (default), higher = faster, less exact")
 
 
 def parse_box(image, values: Sequence[float], space: str, three_d: bool):
@@ -79,6 +81,8 @@ def report(session, prediction, mask, out: Optional[str]) -> None:
         extent = ", ".join(f"{int(a.min())}..{int(a.max())}" for a in nz)
         print(f"extent      index ({'z, y, x' if mask.ndim == 3 else 'y, x'}) {extent}")
     print(f"encoder     {prediction.encoder_calls} call(s)")
+    if session.pause:
+        print(f"pausing     knob {session.pause:g}: {prediction.paused_fraction:.0%} of block-tokens paused")
     print("timings ms  " + "  ".join(f"{k} {v:.1f}" for k, v in prediction.timings.items()))
     if out:
         print(f"wrote       {out}")
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from ..session import Session
 
     image = read_image(args.image)
-    session = Session(model=args.model or default_model(), device=args.device)
+    session = Session(model=args.model or default_model(), device=args.device, pause=args.pause)
     session.set_image(image, window=tuple(args.window) if args.window else None)
     box = parse_box(image, args.box or args.box3d, args.space, three_d=args.box3d is not None)
     prediction = session.predict(box=box)

@@ -1,0 +1,72 @@
+"""Token pausing: easy tokens stop computing mid-encoder, with a run-time knob `pause` in [0, 1].
+
+pause = 0 is the plain model (no paused code runs at all); pause in (0, 1] maps to a threshold on the pause heads'
+predicted error without retraining (1 = pause the most). See `tinyvit_paused` (mechanism), `train` (label-free
+training), `heads` (file format, knob), `vit3d_paused` (3D ViT version).
+
+Session hook: `encoder_for(net, model_name, pause)` is `net.encode` itself for pause = 0, else a `PausedEncoder`
+(callable: (B, 3, 256, 256) -> embedding, with `.paused_fraction()` and `.stats()` for the last image).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from ..errors import FastMedSAMError
+from .heads import check_pause
+
+HEADS_NAME = {"litemedsam": "litemedsam-pause-heads"}  # model -> registry entry of its pause heads
+
+
+class PauseError(FastMedSAMError, ValueError):
+    """A bad pause knob value, or token pausing asked of a model that has no pause heads."""
+
+
+def validate_pause(pause: Any) -> float:
+    """The knob as a float in [0, 1]; anything else raises PauseError."""
+    try:
+        return check_pause(pause)
+    except ValueError as exc:
+        raise PauseError(str(exc)) from None
+
+
+def heads_path(model: str) -> Path:
+    """The verified pause heads file of `model` (sha256-checked against the registry)."""
+    from ..weights import ensure_weights
+
+    if model not in HEADS_NAME:
+        raise PauseError(f"model {model!r} has no pause heads; token pausing exists for: {', '.join(HEADS_NAME)}")
+    return ensure_weights(HEADS_NAME[model])
+
+
+def load_pause_heads(model: str, path: Optional[Union[str, Path]] = None):
+    """Pause heads of `model`: the registry's committed file (sha256-verified), or the file at `path`, which
+    must then match the registry's sha256 too (so a tampered copy is refused wherever it lies)."""
+    from ..registry import get_spec
+    from .heads import load_heads
+
+    if model not in HEADS_NAME:
+        raise PauseError(f"model {model!r} has no pause heads; token pausing exists for: {', '.join(HEADS_NAME)}")
+    spec = get_spec(HEADS_NAME[model])
+    return load_heads(heads_path(model) if path is None else path, spec.sha256, model)
+
+
+def paused_encoder(net: Any, model: str, pause: Any, heads: Optional[Any] = None):
+    """The encoder the Session runs for knob `pause`: None for 0 (use `net.encode`), else a `PausedEncoder`
+    over `net.image_encoder` with the model's verified pause heads (or `heads`, already loaded)."""
+    from .encoder import PausedEncoder
+
+    value = validate_pause(pause)
+    if value == 0.0:
+        return None
+    return PausedEncoder(net.image_encoder, heads if heads is not None else load_pause_heads(model), value)
+
+
+def encoder_for(net: Any, model: str, pause: Any) -> Callable:
+    """What the Session calls to encode a preprocessed slice: `net.encode` for pause = 0 (the plain model,
+    untouched), else the model's `PausedEncoder` at that knob."""
+    encoder = paused_encoder(net, model, pause)
+    return net.encode if encoder is None else encoder
+
+
+__all__ = ["PauseError", "validate_pause", "encoder_for", "paused_encoder", "load_pause_heads", "heads_path"]

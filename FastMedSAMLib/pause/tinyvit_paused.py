@@ -1,0 +1,344 @@
+"""Token-paused forward of LiteMedSAM's TinyViT encoder (inference only; the plain encoder is never modified).
+
+Depths: the ten ViT blocks are numbered 0-9 (layers.1: 0-1 on the 128x128 grid, layers.2: 2-7 and layers.3: 8-9 on
+64x64). Before block d a `decide(d, features, indices)` callback may pause any token still active; a paused token
+stays paused to the end. In every later block:
+* attention: windows whose tokens are all paused are skipped; in the other windows every token (paused ones with
+  their stale features) is a key/value, and the output projection and residual run for active tokens only;
+* LayerNorm + MLP run on the gathered active tokens only;
+* paused tokens get a linear catch-up instead (per block, one Linear(C, C) standing in for the attention update and
+  one for the MLP update, fitted by ridge regression on the frozen model, see `train.py`): measured, freezing
+  tokens outright leaves them far outside the distribution the later blocks and the decoder expect (a random half
+  of the tokens frozen from block 5 cost 14 DSC points; with catch-ups 0.7);
+* the depthwise local conv (a replacing ConvBN, not a residual) runs on the full map, paused tokens included.
+PatchMerging and the neck run on the full map. Across the 128 -> 64 merge a token stays active if any of its 2x2
+children is; its pause depth is the latest of theirs.
+
+Kernels: the convolutional parts (stem, MBConv stage, merges, local convs) run with BatchNorm folded into the
+convolution, channels-last, and conv + GELU (and the MLP's fc1 + GELU) fused into one oneDNN call on CPU where the
+torch build has it. Measured on one thread of the 2-core machine: the plain stem + MBConv stage + first merge take
+~470 ms of a ~1.8 s encoder (slow im2col 1x1 convs, bias copies, separate GELUs over 256x256x256 maps), the fused
+path ~220 ms; the whole encoder with nothing paused ~1.0 s vs ~1.7 s. Same function up to float rounding (~4e-6).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.tinyvit import ConvBN, MBConv, PatchMerging, TinyViT, TinyViTBlock, TokenMLP
+
+HW = Tuple[int, int]
+# decide(depth, features (Na, C) of the active tokens, their indices (Na,)) -> bool (Na,), True = pause now
+Decide = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _mkldnn_op(name: str) -> Optional[Callable]:
+    """oneDNN's fused op `name` (convolution/linear + pointwise), when this torch build has it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return getattr(torch.ops.mkldnn, name)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_CONV_POINTWISE = _mkldnn_op("_convolution_pointwise")
+_LINEAR_POINTWISE = _mkldnn_op("_linear_pointwise")
+
+
+class FoldedConv(nn.Module):
+    """A `ConvBN` with the BatchNorm's running statistics folded into the convolution's weight and bias,
+    optionally followed by the exact (erf) GELU, fused into one oneDNN call on CPU where available."""
+
+    def __init__(self, convbn: ConvBN, gelu: bool = False) -> None:
+        super().__init__()
+        conv, bn = convbn.c, convbn.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.register_buffer("weight", (conv.weight * scale.view(-1, 1, 1, 1)).detach().clone())
+        self.register_buffer("bias", (bn.bias - bn.running_mean * scale).detach().clone())
+        self.stride, self.padding, self.groups = list(conv.stride), list(conv.padding), conv.groups
+        self.gelu = gelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _CONV_POINTWISE is not None and x.is_cpu:
+            attr = "gelu" if self.gelu else "none"
+            return _CONV_POINTWISE(x, self.weight, self.bias, self.padding, self.stride, [1, 1], self.groups, attr,
+                                   [], "none" if self.gelu else "")
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
+        return F.gelu(y) if self.gelu else y
+
+
+def mlp_forward(mlp: TokenMLP, x: torch.Tensor) -> torch.Tensor:
+    """TinyViT's token MLP (norm -> fc1 -> GELU -> fc2) with fc1 and the GELU fused on CPU where available."""
+    x = mlp.norm(x)
+    if _LINEAR_POINTWISE is not None and x.is_cpu:
+        hidden = _LINEAR_POINTWISE(x, mlp.fc1.weight, mlp.fc1.bias, "gelu", [], "none")
+    else:
+        hidden = mlp.act(mlp.fc1(x))
+    return mlp.fc2(hidden)
+
+
+class FoldedMBConv(nn.Module):
+    def __init__(self, block: MBConv) -> None:
+        super().__init__()
+        self.conv1 = FoldedConv(block.conv1, gelu=True)
+        self.conv2 = FoldedConv(block.conv2, gelu=True)
+        self.conv3 = FoldedConv(block.conv3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x + self.conv3(self.conv2(self.conv1(x))))
+
+
+class FoldedMerge(nn.Module):
+    def __init__(self, merge: PatchMerging) -> None:
+        super().__init__()
+        self.conv1 = FoldedConv(merge.conv1, gelu=True)
+        self.conv2 = FoldedConv(merge.conv2, gelu=True)
+        self.conv3 = FoldedConv(merge.conv3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.conv2(self.conv1(x)))
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    """Where each token of an (H, W) grid sits in the zero-padded window partition of TinyViT."""
+
+    window_of: torch.Tensor  # (N,) window index of each token
+    slot_of: torch.Tensor  # (N,) position of each token inside its window (row-major)
+    table: torch.Tensor  # (windows, w*w) token index at each window slot; N marks a padding slot
+    count: int  # number of windows
+
+    @classmethod
+    def build(cls, hw: HW, window: int) -> "WindowGeometry":
+        h, w = hw
+        nh, nw = -(-h // window), -(-w // window)
+        rows, cols = torch.meshgrid(torch.arange(nh * window), torch.arange(nw * window), indexing="ij")
+        token = torch.where((rows < h) & (cols < w), rows * w + cols, torch.tensor(h * w))
+        table = token.view(nh, window, nw, window).transpose(1, 2).reshape(nh * nw, window * window)
+        r, c = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        window_of = ((r // window) * nw + c // window).reshape(-1)
+        slot_of = ((r % window) * window + c % window).reshape(-1)
+        return cls(window_of, slot_of, table.contiguous(), nh * nw)
+
+
+@dataclass
+class PauseStats:
+    """What one paused forward computed. Lists are per ViT block (0-9)."""
+
+    tokens: List[int] = field(default_factory=list)  # tokens entering the block (queries and MLP)
+    grid_tokens: List[int] = field(default_factory=list)  # tokens in the block's grid
+    windows: List[int] = field(default_factory=list)  # attention windows computed
+    grid_windows: List[int] = field(default_factory=list)  # windows in the block's grid
+    pause_depths: Optional[torch.Tensor] = None  # (h, w) final grid: depth each token paused at, len(blocks) if never
+
+    def paused_fraction(self) -> List[float]:
+        """Fraction of each block's tokens that were paused when it ran."""
+        return [1.0 - t / g for t, g in zip(self.tokens, self.grid_tokens)]
+
+    def as_dict(self) -> Dict[str, List]:
+        return {"tokens": self.tokens, "grid_tokens": self.grid_tokens, "windows": self.windows,
+                "grid_windows": self.grid_windows, "paused_fraction": self.paused_fraction()}
+
+
+Record = Callable[[int, str, torch.Tensor, torch.Tensor], None]  # (block, "attn"|"mlp", input, residual update)
+
+
+def _paused_update(catchup: Optional[nn.Linear], x: torch.Tensor, paused: torch.Tensor) -> torch.Tensor:
+    """x with the catch-up update added to the paused tokens (x itself when there is no catch-up)."""
+    if catchup is None or paused.numel() == 0:
+        return x
+    return x.index_add(0, paused, catchup(x.index_select(0, paused)))
+
+
+class _Block(nn.Module):
+    """One TinyViT block driven on a (N, C) token matrix with an optional set of active token indices."""
+
+    def __init__(self, block: TinyViTBlock, hw: HW) -> None:
+        super().__init__()
+        attn = block.attn
+        self.hw, self.window = hw, block.window
+        self.heads, self.head_dim, self.scale = attn.num_heads, attn.head_dim, attn.scale
+        self.norm, self.qkv, self.proj, self.mlp = attn.norm, attn.qkv, attn.proj, block.mlp
+        self.local_conv = FoldedConv(block.local_conv)
+        self.register_buffer("bias", attn.attention_biases[:, attn.attention_bias_idxs].detach().clone())
+        geometry = WindowGeometry.build(hw, block.window)
+        self.windows = geometry.count
+        self.register_buffer("window_of", geometry.window_of)
+        self.register_buffer("slot_of", geometry.slot_of)
+        self.register_buffer("table", geometry.table)
+
+    def _attend(self, windows: torch.Tensor) -> torch.Tensor:
+        """(nW, n, C) window tokens -> (nW, n, C) attention outputs before the projection."""
+        b, n, c = windows.shape
+        q, k, v = self.qkv(self.norm(windows)).view(b, n, self.heads, -1).split(self.head_dim, dim=3)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        logits = torch.baddbmm(self.bias.expand(b, -1, -1, -1).reshape(-1, n, n), q.reshape(-1, n, self.head_dim),
+                               k.reshape(-1, n, self.head_dim).transpose(1, 2), alpha=self.scale)
+        out = torch.bmm(torch.softmax(logits, dim=-1), v.reshape(-1, n, self.head_dim))
+        return out.view(b, self.heads, n, self.head_dim).transpose(1, 2).reshape(b, n, c)
+
+    def conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Local depthwise conv of the full (N, C) map, channels-last (no copy either way)."""
+        h, w = self.hw
+        c = x.shape[1]
+        out = self.local_conv(x.view(1, h, w, c).permute(0, 3, 1, 2))
+        return out.permute(0, 2, 3, 1).reshape(h * w, c)
+
+    def dense(self, x: torch.Tensor, depth: int, record: Optional[Record] = None) -> torch.Tensor:
+        """Every token computed (the plain block, folded conv)."""
+        n_tokens, c = x.shape
+        out = self._attend(torch.cat([x, x.new_zeros(1, c)])[self.table])
+        update = self.proj(out.reshape(-1, c)[self._flat(torch.arange(n_tokens, device=x.device), None)])
+        if record is not None:
+            record(depth, "attn", x, update)
+        x = self.conv(x + update)
+        update = mlp_forward(self.mlp, x)
+        if record is not None:
+            record(depth, "mlp", x, update)
+        return x + update
+
+    def forward(self, x: torch.Tensor, active: torch.Tensor, paused: torch.Tensor,
+                catchup: Optional[nn.ModuleDict]) -> Tuple[torch.Tensor, int]:
+        """Only `active` tokens run attention queries and the MLP; `paused` ones get the catch-up updates (or
+        nothing). Returns the new map and the number of windows computed."""
+        c = x.shape[1]
+        windows = 0
+        if active.numel():
+            used = torch.unique(self.window_of[active])
+            windows = int(used.numel())
+            out = self._attend(torch.cat([x, x.new_zeros(1, c)])[self.table[used]])
+            update = self.proj(out.reshape(-1, c)[self._flat(active, used)])
+        x = _paused_update(None if catchup is None else catchup["attn"], x, paused)
+        if active.numel():
+            x = x.index_add(0, active, update)
+        x = self.conv(x)
+        x = _paused_update(None if catchup is None else catchup["mlp"], x, paused)
+        if active.numel():
+            xa = x.index_select(0, active)
+            x = x.index_copy(0, active, xa + mlp_forward(self.mlp, xa))
+        return x, windows
+
+    def _flat(self, tokens: torch.Tensor, used: Optional[torch.Tensor]) -> torch.Tensor:
+        """Row of each token in the (used windows * w*w) output."""
+        window = self.window_of[tokens]
+        if used is not None:
+            rank = torch.full((self.windows,), -1, dtype=torch.long, device=tokens.device)
+            rank[used] = torch.arange(used.numel(), device=tokens.device)
+            window = rank[window]
+        return window * self.window**2 + self.slot_of[tokens]
+
+
+class PausedTinyViT(nn.Module):
+    """TinyViT image -> embedding with token pausing (see module docstring). `catchup`: per block, a
+    ModuleDict {"attn", "mlp"} of Linear(C, C) updates for paused tokens (None: paused tokens stay frozen).
+
+    Built for one input size (the LiteMedSAM 256 frame); batch size 1 per forward."""
+
+    def __init__(self, encoder: TinyViT, catchup: Optional[nn.ModuleList] = None, image_size: int = 256) -> None:
+        super().__init__()
+        stem = encoder.patch_embed.seq
+        self.stem = nn.ModuleList([FoldedConv(stem[0], gelu=True), FoldedConv(stem[2])])
+        self.mbconvs = nn.ModuleList(FoldedMBConv(b) for b in encoder.layers[0].blocks)
+        self.merges = nn.ModuleList([FoldedMerge(encoder.layers[0].downsample)])
+        blocks: List[_Block] = []
+        self.stage_of: List[int] = []
+        size = image_size // 2
+        for stage_index, stage in enumerate(encoder.layers[1:]):
+            for block in stage.blocks:
+                blocks.append(_Block(block, (size, size)))
+                self.stage_of.append(stage_index)
+            if stage.downsample is not None:
+                self.merges.append(FoldedMerge(stage.downsample))
+                size //= stage.downsample.conv2.c.stride[0]
+        self.blocks = nn.ModuleList(blocks)
+        self.neck = encoder.neck
+        self.dims = [b.norm.normalized_shape[0] for b in blocks]
+        if catchup is not None and len(catchup) != len(blocks):
+            raise ValueError(f"{len(catchup)} catch-up updates for {len(blocks)} blocks")
+        self.catchup = catchup
+
+    def front(self, image: torch.Tensor) -> torch.Tensor:
+        """Stem + MBConv stage + first merge: image (1, 3, H, W) -> (N, C) tokens entering block 0."""
+        x = image.contiguous(memory_format=torch.channels_last)
+        x = self.stem[1](self.stem[0](x))
+        for block in self.mbconvs:
+            x = block(x)
+        return _tokens(self.merges[0](x))
+
+    def forward(self, image: torch.Tensor, decide: Optional[Decide] = None,
+                features: Optional[Dict[int, torch.Tensor]] = None,
+                record: Optional[Record] = None) -> Tuple[torch.Tensor, PauseStats]:
+        """image (1, 3, H, W) -> (embedding (1, 256, h, w), stats).
+
+        `features`, when given, receives the full (N, C) token map entering each block and, under key
+        len(blocks), the final tokens; `record` sees each dense block's residual updates (for fitting catch-ups)."""
+        if image.shape[0] != 1:
+            raise ValueError(f"the paused encoder takes one image at a time, got a batch of {image.shape[0]}")
+        stats = PauseStats()
+        x = self.front(image)
+        never = len(self.blocks)
+        depths = torch.full((x.shape[0],), never, dtype=torch.long, device=x.device)
+        pausing = False
+        for depth, block in enumerate(self.blocks):
+            if depth and self.stage_of[depth] != self.stage_of[depth - 1]:
+                x, depths = self._merge(x, depths, self.blocks[depth - 1].hw, self.stage_of[depth])
+            if features is not None:
+                features[depth] = x
+            if decide is not None:
+                candidates = torch.nonzero(depths == never, as_tuple=False).view(-1)
+                if candidates.numel():
+                    paused = decide(depth, x.index_select(0, candidates), candidates)
+                    depths = depths.index_fill(0, candidates[paused], depth)
+                    pausing = pausing or bool(paused.any())
+            stats.grid_tokens.append(x.shape[0])
+            stats.grid_windows.append(block.windows)
+            if not pausing:
+                x = block.dense(x, depth, record)
+                stats.tokens.append(x.shape[0])
+                stats.windows.append(block.windows)
+                continue
+            active = torch.nonzero(depths == never, as_tuple=False).view(-1)
+            resting = torch.nonzero(depths != never, as_tuple=False).view(-1)
+            x, windows = block(x, active, resting, None if self.catchup is None else self.catchup[depth])
+            stats.tokens.append(int(active.numel()))
+            stats.windows.append(windows)
+        stats.pause_depths = depths.view(self.blocks[-1].hw)
+        if features is not None:
+            features[never] = x
+        return self.head(x), stats
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block (N, C) -> image embedding (1, 256, h, w)."""
+        h, w = self.blocks[-1].hw
+        return self.neck(x.view(1, h, w, -1).permute(0, 3, 1, 2).contiguous())
+
+    def paused_tokens(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        """Final (N, C) tokens when every token pauses at block `depth`: `x` (the map entering that block) goes
+        through the remaining catch-up updates, local convs and merges only."""
+        none = torch.zeros(0, dtype=torch.long, device=x.device)
+        for later in range(depth, len(self.blocks)):
+            if later > depth and self.stage_of[later] != self.stage_of[later - 1]:
+                x, _ = self._merge(x, None, self.blocks[later - 1].hw, self.stage_of[later])
+            every = torch.arange(x.shape[0], device=x.device)
+            x, _ = self.blocks[later](x, none, every, None if self.catchup is None else self.catchup[later])
+        return x
+
+    def _merge(self, x: torch.Tensor, depths: Optional[torch.Tensor], hw: HW, stage: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """PatchMerging into `stage` on the full map; a merged token's pause depth is the latest of its children."""
+        h, w = hw
+        merged = self.merges[stage](x.view(1, h, w, -1).permute(0, 3, 1, 2))
+        nh, nw = merged.shape[-2:]
+        if depths is not None and (nh, nw) != (h, w):
+            pooled = F.adaptive_max_pool2d(depths.view(1, 1, h, w).float(), (nh, nw))
+            depths = pooled.view(-1).long()
+        return _tokens(merged), depths
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) -> (H*W, C) row-major tokens (free for channels-last maps)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
