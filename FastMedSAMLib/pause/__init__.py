@@ -22,6 +22,11 @@ class PauseError(FastMedSAMError, ValueError):
     """A bad pause knob value, or token pausing asked of a model that has no pause heads."""
 
 
+def supports_pause(model: str) -> bool:
+    """Whether `model` has pause heads (so its Session takes a pause knob other than 0)."""
+    return model in HEADS_NAME
+
+
 def validate_pause(pause: Any) -> float:
     """The knob as a float in [0, 1]; anything else raises PauseError."""
     try:
@@ -69,4 +74,4 @@ def encoder_for(net: Any, model: str, pause: Any) -> Callable:
     return net.encode if encoder is None else encoder
 
 
-__all__ = ["PauseError", "validate_pause", "encoder_for", "paused_encoder", "load_pause_heads", "heads_path"]
+__all__ = ["PauseError", "supports_pause", "validate_pause", "encoder_for", "paused_encoder", "load_pause_heads", "heads_path"]
