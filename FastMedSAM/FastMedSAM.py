@@ -107,6 +107,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.updateParameterNodeFromGUI)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.pauseSlider.connect("valueChanged(int)", self.onPauseChanged)
         self.ui.showOverlayCheckBox.connect("toggled(bool)", self.onShowOverlayToggled)
         self.ui.autoRunCheckBox.connect("toggled(bool)", self.updateParameterNodeFromGUI)
         self.ui.downloadButton.connect("clicked()", self.onDownload)
@@ -196,6 +197,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = self.ui.modelComboBox.findText(parameters.model)
             self.ui.modelComboBox.setCurrentIndex(max(index, 0))
             self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findText(parameters.device), 0))
+            self.ui.pauseSlider.value = panel.slider_value(parameters.pause)
             self.ui.showOverlayCheckBox.setChecked(parameters.flag("ShowOverlay"))
             self.ui.autoRunCheckBox.setChecked(parameters.flag("AutoRun"))
         finally:
@@ -211,6 +213,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters.set("SegmentID", self.ui.segmentSelector.currentSegmentID() or "")
         parameters.set("Model", self.ui.modelComboBox.currentText)
         parameters.set("Device", self.ui.deviceComboBox.currentText)
+        parameters.set_pause(panel.pause_from_slider(self.ui.pauseSlider.value))
         parameters.set_flag("ShowOverlay", self.ui.showOverlayCheckBox.checked)
         parameters.set_flag("AutoRun", self.ui.autoRunCheckBox.checked)
 
@@ -225,12 +228,19 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateParameterNodeFromGUI()
         self.logic.release_sessions()
 
+    def onPauseChanged(self, value):
+        """Only the knob changes: the warm Session (weights, cached embeddings) stays; the next prompt uses it."""
+        self.updateParameterNodeFromGUI()
+        model = self.ui.modelComboBox.currentText
+        self.ui.pauseValueLabel.text = panel.pause_text(model, panel.pause_from_slider(value))
+
     def _updateModelControls(self):
         model = self.ui.modelComboBox.currentText
         if not model:
             return
         downloading = self._downloader is not None and self._downloader.busy
-        for widgetName, properties in panel.model_panel(model, model_info(get_spec(model)), downloading).items():
+        view = panel.model_panel(model, model_info(get_spec(model)), downloading, self.logic.parameters.pause)
+        for widgetName, properties in view.items():
             widget = getattr(self.ui, widgetName)
             for name, value in properties.items():
                 setattr(widget, name, value)
@@ -393,7 +403,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 sliceIndex = self._currentSliceIndex()
             nodes = [self._promptNode(t, create=False) for t in ("include_point", "exclude_point", "box_2d")]
             request = self.logic.prepare_slice(volume, [n for n in nodes if n is not None], segmentation, segmentId,
-                                               sliceIndex, model, device)
+                                               sliceIndex, model, device, self.logic.parameters.pause)
             self._submit(request)
 
     def onPropagate(self):
@@ -403,12 +413,13 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if get_spec(model).dimensionality == "3D":
                 nodes = [self._promptNode(t, create=False) for t in ("include_point", "exclude_point")]
                 request = self.logic.prepare_points(volume, [n for n in nodes if n is not None], segmentation,
-                                                    segmentId, model, device)
+                                                    segmentId, model, device, self.logic.parameters.pause)
             else:
                 roi = self._promptNode("roi_3d", create=False)
                 if roi is None or roi.GetNumberOfControlPoints() == 0:
                     raise PromptError("draw a 3D box first (R)")
-                request = self.logic.prepare_box(volume, roi, segmentation, segmentId, model, device)
+                request = self.logic.prepare_box(volume, roi, segmentation, segmentId, model, device,
+                                                 self.logic.parameters.pause)
             self._submit(request)
 
     def onAccept(self):
@@ -494,7 +505,8 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for column, text in enumerate(format_history_row(record)):
                 self.ui.timingTable.setItem(row, column, qt.QTableWidgetItem(text))
         self.ui.timingTable.resizeColumnsToContents()
-        self._setStatus(f"Segment updated on slices {result.region.k0}..{result.region.k1}.")
+        note = f" {result.record.pause_note}." if result.record.pause_note else ""
+        self._setStatus(f"Segment updated on slices {result.region.k0}..{result.region.k1}.{note}")
 
     def onShowOverlayToggled(self, checked):
         self.updateParameterNodeFromGUI()

@@ -20,6 +20,7 @@ from FastMedSAMLib.prompts import Box, Box3D, Point
 
 from . import prompt_nodes, segment_io
 from .geometry import ijk_to_local, ijk_to_world, lps_geometry, parent_to_world
+from .model_catalog import pause_state
 from .overlay import TimingHistory, TimingRecord, format_overlay
 from .parameters import Parameters
 from .segment_io import Region, read_region, write_region
@@ -36,6 +37,19 @@ def _default_session_factory(model: str, device: str):
 
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
+
+
+def resolve_pause(model: str, pause: float) -> Tuple[float, str]:
+    """(knob the model runs at, note for the user). A model without pause heads runs plain (knob 0), and the note
+    says the asked knob was not applied: the knob is a panel-wide preference that outlives a model switch.
+    A knob outside [0, 1] raises PauseError."""
+    from FastMedSAMLib.pause import validate_pause
+
+    value = validate_pause(pause)
+    supported, reason = pause_state(model)
+    if value > 0.0 and not supported:
+        return 0.0, f"pause {value:g} not applied: {reason}"
+    return value, ""
 
 
 @dataclass
@@ -65,6 +79,8 @@ class Request:
     points: Optional[List[Point]] = None
     slice_index: Optional[int] = None
     image: Optional[ImagePayload] = None
+    pause: float = 0.0  # token-pausing knob the Session runs at (0 = the plain model)
+    pause_note: str = ""  # why an asked knob was not applied, else empty
     logic_ms: Dict[str, float] = field(default_factory=dict)
 
 
@@ -142,7 +158,8 @@ class FastMedSAMLogic:
         return (volume.GetID(), image.GetMTime(), tuple(ijk_to_local(volume).ravel()))
 
     def _base_request(self, kind: str, volume, segmentation, segment_id: str, model: str, device: str,
-                      prompt_nodes_used: Sequence, slice_index: Optional[int]) -> Request:
+                      prompt_nodes_used: Sequence, slice_index: Optional[int], pause: float) -> Request:
+        pause, pause_note = resolve_pause(model, pause)
         if volume is None or segmentation is None:
             raise PromptError("choose an input volume and an output segmentation first")
         if segmentation.GetSegmentation().GetSegment(segment_id) is None:
@@ -166,15 +183,17 @@ class FastMedSAMLogic:
             kind=kind, model=model, device=device, volume_id=volume.GetID(), segmentation_id=segmentation.GetID(),
             segment_id=segment_id, image_key=key, shape_kji=shape_kji, is_2d_image=shape_kji[0] == 1,
             prompt_key=prompt_key, prompt_region=Region(0, 0, 0, 0, 0, 0), slice_index=slice_index, image=image,
-            logic_ms={"extract": extract_ms},
+            pause=pause, pause_note=pause_note, logic_ms={"extract": extract_ms},
         )
 
     def prepare_box(self, volume, roi, segmentation, segment_id: str, model: str = "litemedsam",
-                    device: str = "auto") -> Request:
-        """A 3D box (ROI node, any orientation, world coordinates) -> slice propagation / 3D prediction."""
+                    device: str = "auto", pause: float = 0.0) -> Request:
+        """A 3D box (ROI node, any orientation, world coordinates) -> slice propagation / 3D prediction.
+        `pause`: the token-pausing knob in [0, 1] (0 = the plain model; ignored, with a note, by models without
+        pause heads)."""
         if roi is None or not prompt_nodes.is_roi(roi):
             raise PromptError("a 3D box prompt needs a markups ROI node")
-        request = self._base_request("3D", volume, segmentation, segment_id, model, device, [roi], None)
+        request = self._base_request("3D", volume, segmentation, segment_id, model, device, [roi], None, pause)
         start = time.perf_counter()
         box = prompt_nodes.box3d_from_roi(volume, roi)
         depth = request.shape_kji[0]
@@ -188,10 +207,10 @@ class FastMedSAMLogic:
         return request
 
     def prepare_slice(self, volume, prompt_nodes_used: Sequence, segmentation, segment_id: str, slice_index: int,
-                      model: str = "litemedsam", device: str = "auto") -> Request:
+                      model: str = "litemedsam", device: str = "auto", pause: float = 0.0) -> Request:
         """Prompts on one slice: an ROI's in-plane box on that slice, and/or the include/exclude points on it."""
         request = self._base_request("slice", volume, segmentation, segment_id, model, device,
-                                     prompt_nodes_used, slice_index)
+                                     prompt_nodes_used, slice_index, pause)
         start = time.perf_counter()
         depth = request.shape_kji[0]
         if not (isinstance(slice_index, (int, np.integer)) and 0 <= slice_index < depth):
@@ -216,9 +235,10 @@ class FastMedSAMLogic:
         return request
 
     def prepare_points(self, volume, prompt_nodes_used: Sequence, segmentation, segment_id: str,
-                       model: str, device: str = "auto") -> Request:
+                       model: str, device: str = "auto", pause: float = 0.0) -> Request:
         """Include / exclude points anywhere in the volume -> a 3D prediction (3D point models)."""
-        request = self._base_request("3D", volume, segmentation, segment_id, model, device, prompt_nodes_used, None)
+        request = self._base_request("3D", volume, segmentation, segment_id, model, device, prompt_nodes_used, None,
+                                     pause)
         start = time.perf_counter()
         points = prompt_nodes.points_from_nodes(volume, prompt_nodes_used)
         if not any(p.positive for p in points):
@@ -257,6 +277,7 @@ class FastMedSAMLogic:
             set_image_ms = _ms_since(start)
         elif self._loaded_image.get((request.model, request.device)) != request.image_key:
             raise FastMedSAMError("the image changed since this prompt was prepared; prompt again")
+        session.set_pause(request.pause)  # the same Session (weights, cached embeddings) at another knob
         prediction = session.predict(box=request.box, points=request.points)
         return SessionOutcome(prediction, str(getattr(session, "device", request.device)), set_image_ms)
 
@@ -296,6 +317,7 @@ class FastMedSAMLogic:
         record = TimingRecord(
             model=request.model, device=outcome.device, kind=request.kind, session_ms=dict(prediction.timings),
             logic_ms=logic_ms, encoder_calls=int(prediction.encoder_calls), slices=region.shape[0],
+            pause=request.pause, paused_fraction=float(prediction.paused_fraction), pause_note=request.pause_note,
         )
         self.history.add(record)
         return SegmentResult(prediction, region, dict(prediction.timings), logic_ms, record, format_overlay(record))
@@ -368,21 +390,23 @@ class FastMedSAMLogic:
 
     # -- the scriptable surface ------------------------------------------------------------------------------
     def segment_box(self, volumeNode, roiNode, segmentationNode, segmentId: str, model: str = "litemedsam",
-                    device: str = "auto") -> SegmentResult:
-        """3D ROI -> slice-by-slice propagation (2D box models) or a 3D prediction; one undo state."""
-        request = self.prepare_box(volumeNode, roiNode, segmentationNode, segmentId, model, device)
+                    device: str = "auto", pause: float = 0.0) -> SegmentResult:
+        """3D ROI -> slice-by-slice propagation (2D box models) or a 3D prediction; one undo state.
+        `pause` in [0, 1]: token pausing (0 = the plain model, higher = faster encoding, less exact)."""
+        request = self.prepare_box(volumeNode, roiNode, segmentationNode, segmentId, model, device, pause)
         return self.apply(request, self.predict(request))
 
     def segment_points(self, volumeNode, promptNodes: Sequence, segmentationNode, segmentId: str, model: str,
-                       device: str = "auto") -> SegmentResult:
+                       device: str = "auto", pause: float = 0.0) -> SegmentResult:
         """Include / exclude points -> a 3D mask from a 3D point model; one undo state."""
-        request = self.prepare_points(volumeNode, promptNodes, segmentationNode, segmentId, model, device)
+        request = self.prepare_points(volumeNode, promptNodes, segmentationNode, segmentId, model, device, pause)
         return self.apply(request, self.predict(request))
 
     def segment_slice(self, volumeNode, promptNodes: Sequence, segmentationNode, segmentId: str, sliceIndex: int,
-                      model: str = "litemedsam", device: str = "auto") -> SegmentResult:
+                      model: str = "litemedsam", device: str = "auto", pause: float = 0.0) -> SegmentResult:
         """Box (ROI) and/or include/exclude points on slice `sliceIndex` -> that slice; one undo state."""
-        request = self.prepare_slice(volumeNode, promptNodes, segmentationNode, segmentId, sliceIndex, model, device)
+        request = self.prepare_slice(volumeNode, promptNodes, segmentationNode, segmentId, sliceIndex, model, device,
+                                     pause)
         return self.apply(request, self.predict(request))
 
     # -- undo / accept / clear -------------------------------------------------------------------------------
@@ -436,4 +460,4 @@ class FastMedSAMLogic:
         self.release_sessions()
 
 
-__all__ = ["FastMedSAMLogic", "SegmentResult", "Request", "SessionOutcome"]
+__all__ = ["FastMedSAMLogic", "SegmentResult", "Request", "SessionOutcome", "resolve_pause"]

@@ -80,6 +80,25 @@ def tool_states(model: str) -> Dict[str, Tuple[bool, str]]:
     return states
 
 
+PAUSE_TOOLTIP = (
+    "Token pausing. Left end (0): the plain model, exactly. Slide right to let easy image regions stop computing "
+    "part-way through the image encoder: faster encoding, slightly less exact masks. Changing it keeps the loaded "
+    "model, and slices already encoded at a setting stay cached."
+)
+
+
+def pause_state(model: str) -> Tuple[bool, str]:
+    """(enabled, tooltip) of the speed <-> accuracy knob: only models with token-pause heads take it."""
+    try:
+        from FastMedSAMLib.pause import supports_pause
+    except ImportError:  # inside Slicer before torch is installed
+        return False, "Token pausing needs the Python dependencies (torch): install them first"
+    if supports_pause(model):
+        return True, PAUSE_TOOLTIP
+    with_heads = ", ".join(spec.name for spec in list_specs() if spec.role == "model" and supports_pause(spec.name))
+    return False, f"{model} has no token-pause heads, so it always runs the plain model (token pausing: {with_heads})"
+
+
 def propagates(model: str) -> bool:
     """2D box models turn a 3D box into a volume mask slice by slice; 3D models predict the volume directly."""
     spec = get_spec(model)

@@ -6,7 +6,7 @@ from typing import Dict, Tuple
 
 from FastMedSAMLib.registry import get_spec
 
-from .model_catalog import TOOL_LABELS, ModelInfo, propagates, tool_states
+from .model_catalog import TOOL_LABELS, ModelInfo, pause_state, propagates, tool_states
 
 TOOL_BUTTONS: Dict[str, str] = {
     "include_point": "includePointButton",
@@ -29,8 +29,26 @@ SHORTCUTS: Dict[str, Tuple[str, str]] = {
 }
 
 
+PAUSE_STEPS = 100  # the speed <-> accuracy slider runs 0..PAUSE_STEPS; the knob is value / PAUSE_STEPS
+
+
+def slider_value(pause: float) -> int:
+    return int(round(pause * PAUSE_STEPS))
+
+
+def pause_from_slider(value: int) -> float:
+    return value / PAUSE_STEPS
+
+
+def pause_text(model: str, pause: float) -> str:
+    """What the label beside the slider says: the knob the next prediction runs at."""
+    if pause == 0.0 or not pause_state(model)[0]:
+        return "0 (plain model)"
+    return f"{pause:.2f}"
+
+
 def control_states(model: str) -> Dict[str, Tuple[bool, str]]:
-    """widget name -> (enabled, tooltip) for the prompt controls under `model`."""
+    """widget name -> (enabled, tooltip) for the prompt controls and the speed <-> accuracy slider under `model`."""
     spec = get_spec(model)
     states = {TOOL_BUTTONS[tool]: state for tool, state in tool_states(model).items()}
     if spec.dimensionality == "2D":
@@ -42,6 +60,7 @@ def control_states(model: str) -> Dict[str, Tuple[bool, str]]:
         states["propagateButton"] = (True, f"Segment {how} (P)")
     else:
         states["propagateButton"] = (False, f"{spec.name} cannot segment in 3D")
+    states["pauseSlider"] = pause_state(model)
     return states
 
 
@@ -58,14 +77,18 @@ def prompt_help(model: str) -> str:
     return text
 
 
-def model_panel(model: str, info: ModelInfo, downloading: bool = False) -> Dict[str, Dict[str, object]]:
-    """widget name -> Qt properties to set (enabled, toolTip, text) for `model`: the prompt controls, the model
-    description and the download button."""
+def model_panel(model: str, info: ModelInfo, downloading: bool = False,
+                pause: float = 0.0) -> Dict[str, Dict[str, object]]:
+    """widget name -> Qt properties to set (enabled, toolTip, text) for `model`: the prompt controls, the
+    speed <-> accuracy slider at knob `pause`, the model description and the download button."""
     view: Dict[str, Dict[str, object]] = {
         name: {"enabled": enabled, "toolTip": tooltip} for name, (enabled, tooltip) in control_states(model).items()
     }
     view["modelInfoLabel"] = {"text": f"{info.description}\n{info.summary()}"}
     view["promptHelpLabel"] = {"text": prompt_help(model)}
+    for label in ("pauseAccurateLabel", "pauseFastLabel"):  # the slider's end labels grey with it
+        view[label] = {"enabled": view["pauseSlider"]["enabled"]}
+    view["pauseValueLabel"] = {"text": pause_text(model, pause), "enabled": view["pauseSlider"]["enabled"]}
     view["downloadButton"] = {
         "enabled": info.downloadable and not info.downloaded and not downloading,
         "text": "Downloaded" if info.downloaded else ("Downloading..." if downloading else "Download"),

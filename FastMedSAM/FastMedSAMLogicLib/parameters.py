@@ -1,12 +1,17 @@
 """The module's state in the scene (a vtkMRMLScriptedModuleNode), so saving and reloading a scene keeps it."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 from slicer import vtkMRMLScriptedModuleNode
 
+from FastMedSAMLib.errors import FastMedSAMError
+
 MODULE_NAME = "FastMedSAM"
-DEFAULTS = {"Model": "litemedsam", "Device": "auto", "ShowOverlay": "true", "AutoRun": "true", "SegmentID": ""}
+DEFAULTS = {
+    "Model": "litemedsam", "Device": "auto", "ShowOverlay": "true", "AutoRun": "true", "SegmentID": "", "Pause": "0.0",
+}
 REFERENCE_ROLES = ("InputVolume", "Segmentation", "ROI", "Box2D", "IncludePoints", "ExcludePoints")
 
 
@@ -63,3 +68,22 @@ class Parameters:
     @property
     def segment_id(self) -> Optional[str]:
         return self.get("SegmentID") or None
+
+    @property
+    def pause(self) -> float:
+        """The token-pausing knob in [0, 1] (0 = the plain model)."""
+        return _pause_value(self.get("Pause"))
+
+    def set_pause(self, value: float) -> None:
+        self.set("Pause", repr(_pause_value(value)))
+
+
+def _pause_value(value) -> float:
+    # checked here rather than with FastMedSAMLib.pause, which needs torch: the panel loads before torch is installed
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not (math.isfinite(number) and 0.0 <= number <= 1.0):
+        raise FastMedSAMError(f"the Pause parameter must be a number in [0, 1] (0 = the plain model), got {value!r}")
+    return number

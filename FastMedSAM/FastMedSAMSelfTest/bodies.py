@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import vtk
 
-from FastMedSAMLib.errors import PromptError
+from FastMedSAMLib.errors import FastMedSAMError, PromptError
 from FastMedSAMLogicLib import FastMedSAMLogic
 from FastMedSAMLogicLib.geometry import world_to_ijk
 from FastMedSAMLogicLib.overlay import format_overlay
@@ -27,6 +27,10 @@ MODEL = "litemedsam"
 DEVICE = "cpu"
 MIN_DICE_3D = 0.80  # LiteMedSAM with the GT box, middle-out over 3 slices (measured ~0.9)
 MIN_DICE_SLICE = 0.80
+PAUSE = 0.25  # the speed <-> accuracy knob the pause bodies use
+MIN_DICE_PAUSED = 0.80  # LiteMedSAM at pause 0.25 with the GT box, 3 slices, vs ground truth (measured 0.85)
+MIN_AGREEMENT_PAUSED = 0.95  # Dice of the pause 0.25 mask vs the plain model's (measured 0.997)
+NO_HEADS_MODELS = ("medficientsam-l0", "fastsam3d")  # a 2D box model and a 3D point model without pause heads
 EXACT_VOXELS = 1e-4  # markups keep control points in float32: ~1e-5 mm at 300 mm from the origin
 
 
@@ -275,11 +279,21 @@ def transform_and_export(ctx: SelfTestContext) -> Dict[str, object]:
 
 
 def parameter_node_roundtrip(ctx: SelfTestContext) -> Dict[str, object]:
-    """Saving and reloading the scene keeps the module's parameters and node references."""
+    """Saving and reloading the scene keeps the module's parameters (the pause knob too) and node references."""
     from slicer import vtkMRMLScene
 
     segmentation, (target,) = ctx.new_segmentation("saved", "lesion")
     params = ctx.logic.parameters
+    assert params.pause == 0.0, f"the pause knob must default to the plain model, got {params.pause}"
+    params.set_pause(0.35)
+    for bad in (1.5, -0.1, float("nan"), "fast", True):
+        try:
+            params.set_pause(bad)
+        except FastMedSAMError as error:
+            assert "[0, 1]" in str(error), error
+        else:
+            raise AssertionError(f"the parameter node took pause {bad!r}")
+    assert params.pause == 0.35, "a refused pause value changed the stored one"
     params.set_reference("InputVolume", ctx.lesion.volume)
     params.set_reference("Segmentation", segmentation)
     params.set("SegmentID", target)
@@ -306,10 +320,119 @@ def parameter_node_roundtrip(ctx: SelfTestContext) -> Dict[str, object]:
     assert restored.reference("Segmentation").GetName() == "saved"
     assert (restored.segment_id, restored.model, restored.device) == (target, MODEL, DEVICE)
     assert restored.flag("ShowOverlay") is False
+    assert restored.pause == 0.35, restored.get("Pause")
+    restored.set("Pause", "fast")  # a hand-edited scene file
+    try:
+        restored.pause
+    except FastMedSAMError as error:
+        assert "'fast'" in str(error) and "[0, 1]" in str(error), error
+    else:
+        raise AssertionError("a corrupt Pause parameter was read as a number")
     params.set_flag("ShowOverlay", True)
+    params.set_pause(0.0)
     ctx.scene.RemoveNode(segmentation)
     restored_scene.Clear(1)
     return {"parameters": restored.node.GetParameterNamesAsCommaSeparatedList()}
+
+
+def pause_knob(ctx: SelfTestContext) -> Dict[str, object]:
+    """The speed <-> accuracy knob on the same warm Session: a paused run keeps a high Dice and the overlay says how
+    many tokens paused; back at 0 the output is bit-identical to a Session that never paused, from the cache,
+    without reloading the model."""
+    lesion, volume = ctx.lesion, ctx.lesion.volume
+    k0, k1 = lesion.box[:2]
+    slices = k1 - k0 + 1
+    segmentation, (target,) = ctx.new_segmentation("pause", "lesion")
+    roi = _gt_box_roi(ctx)
+
+    fresh = FastMedSAMLogic(ctx.scene)  # its own Session, which never pauses
+    try:
+        request = fresh.prepare_box(volume, roi, segmentation, target, MODEL, DEVICE)
+        never = fresh.predict(request).prediction
+        assert fresh.session(MODEL, DEVICE).pause == 0.0 and never.paused_by_block is None
+    finally:
+        fresh.cleanup()
+
+    plain = ctx.logic.segment_box(volume, roi, segmentation, target, model=MODEL, device=DEVICE, pause=0.0)
+    session = ctx.logic.session(MODEL, DEVICE)
+    paused = ctx.logic.segment_box(volume, roi, segmentation, target, model=MODEL, device=DEVICE, pause=PAUSE)
+    assert ctx.logic.session(MODEL, DEVICE) is session, "changing the knob must not recreate the Session"
+    assert session.pause == PAUSE, session.pause
+    assert paused.prediction.encoder_calls == slices, "slices encoded at knob 0 were reused at another knob"
+    fraction = paused.prediction.paused_fraction
+    assert 0.0 < fraction < 1.0, f"pause {PAUSE} paused {fraction:.3f} of the tokens"
+    assert (paused.record.pause, paused.record.paused_fraction) == (PAUSE, fraction)
+    assert f"pause {PAUSE:g} · {fraction:.0%} tokens paused" in paused.overlay_text.splitlines(), paused.overlay_text
+    state = ctx.exported(segmentation, target)
+    assert np.array_equal(state[k0:k1 + 1], paused.mask[k0:k1 + 1]), "the paused result did not replace the plain one"
+    score = dice(state[k0:k1 + 1], lesion.label[k0:k1 + 1])
+    assert score >= MIN_DICE_PAUSED, f"Dice at pause {PAUSE}: {score:.3f} < {MIN_DICE_PAUSED}"
+    agreement = dice(paused.mask, never.mask)
+    assert agreement >= MIN_AGREEMENT_PAUSED, f"pause {PAUSE} strays from the plain model: Dice {agreement:.3f}"
+
+    back = ctx.logic.segment_box(volume, roi, segmentation, target, model=MODEL, device=DEVICE, pause=0.0)
+    assert ctx.logic.session(MODEL, DEVICE) is session and session.pause == 0.0
+    assert back.prediction.encoder_calls == 0 and back.timings["encode"] == 0.0, back.timings
+    assert np.array_equal(back.mask, never.mask), "knob 0 after pausing differs from a Session that never paused"
+    assert np.array_equal(plain.mask, never.mask)
+    assert back.prediction.paused_fraction == 0.0 and "pause" not in back.overlay_text, back.overlay_text
+    assert np.array_equal(ctx.exported(segmentation, target), never.mask)
+
+    ctx.logic.clear()
+    for node in (roi, segmentation):
+        ctx.scene.RemoveNode(node)
+    return {
+        "pause": PAUSE,
+        "paused_fraction": fraction,
+        "dice_paused": score,
+        "dice_paused_vs_plain": agreement,
+        "dice_plain": dice(never.mask[k0:k1 + 1], lesion.label[k0:k1 + 1]),
+        "encode_ms_plain_fresh_session": never.timings["encode"],  # includes the new Session's first-call warm-up
+        "encode_ms_paused": paused.timings["encode"],
+        "paused_by_block": paused.prediction.paused_by_block,
+        "session_ms": paused.timings,
+        "logic_ms": paused.logic_timings,
+        "encoder_calls": paused.prediction.encoder_calls,
+        "slices": slices,
+        "overlay": paused.overlay_text,
+    }
+
+
+def pause_knob_checks(ctx: SelfTestContext) -> Dict[str, object]:
+    """A bad knob is refused before anything runs; a model without pause heads runs plain and says so."""
+    from FastMedSAMLib.pause import PauseError
+
+    lesion, volume = ctx.lesion, ctx.lesion.volume
+    segmentation, (target,) = ctx.new_segmentation("pause checks", "lesion")
+    roi = _gt_box_roi(ctx)
+    depth = len(ctx.logic.undo_stack)
+    for bad in (1.5, -0.25, float("nan"), "fast"):
+        try:
+            ctx.logic.segment_box(volume, roi, segmentation, target, model=MODEL, device=DEVICE, pause=bad)
+        except PauseError as error:
+            assert "[0, 1]" in str(error), error
+        else:
+            raise AssertionError(f"pause {bad!r} was accepted")
+    assert len(ctx.logic.undo_stack) == depth and not ctx.exported(segmentation, target).any()
+
+    notes = {}
+    k0, k1, j0, j1, i0, i1 = lesion.box
+    click = add_points(ctx.scene, lesion, [((i0 + i1) / 2, (j0 + j1) / 2, 6)], INCLUDE, "click")
+    for model in NO_HEADS_MODELS:
+        if model == "fastsam3d":
+            request = ctx.logic.prepare_points(volume, [click], segmentation, target, model, DEVICE, pause=PAUSE)
+        else:
+            request = ctx.logic.prepare_box(volume, roi, segmentation, target, model, DEVICE, pause=PAUSE)
+        assert request.pause == 0.0, f"{model} has no pause heads but would run at pause {request.pause}"
+        assert request.pause_note.startswith(f"pause {PAUSE:g} not applied: {model} has no token-pause heads"), \
+            request.pause_note
+        assert MODEL in request.pause_note, "the note should name the models that do pause"
+        assert ctx.logic.prepare_box(volume, roi, segmentation, target, model, DEVICE, pause=0.0).pause_note == ""
+        notes[model] = request.pause_note
+    assert ctx.logic.prepare_box(volume, roi, segmentation, target, MODEL, DEVICE, pause=PAUSE).pause == PAUSE
+    for node in (roi, click, segmentation):
+        ctx.scene.RemoveNode(node)
+    return {"notes": notes}
 
 
 def prompt_events(ctx: SelfTestContext) -> Dict[str, object]:
@@ -362,6 +485,8 @@ BODIES: Tuple[Tuple[str, Callable[[SelfTestContext], Dict[str, object]]], ...] =
     ("points_on_box_model", points_on_box_model),
     ("transform_and_export", transform_and_export),
     ("parameter_node_roundtrip", parameter_node_roundtrip),
+    ("pause_knob", pause_knob),
+    ("pause_knob_checks", pause_knob_checks),
     ("prompt_events", prompt_events),
     ("worker_supersedes", worker_supersedes),
 )

@@ -65,11 +65,28 @@ def test_overlay_text_is_a_function_of_the_timings() -> None:
     cached = TimingRecord("litemedsam", "cuda:0", "slice", {"encode": 0.0, "decode": 4.25, "total": 6.0},
                           {"total": 3.0}, encoder_calls=0, slices=1)
     assert format_overlay(cached).splitlines()[1] == "encode cached | decode 4.2 ms | total 6.0 ms"
-    assert format_history_row(cached)[3] == "cached"
+    assert format_history_row(cached)[3:5] == ["off", "cached"]
     history = TimingHistory(size=2)
     for r in (record, cached, record):
         history.add(r)
     assert len(history) == 2 and history.records() == [cached, record]
+
+
+def test_overlay_shows_the_pause_knob_and_the_tokens_it_paused() -> None:
+    paused = TimingRecord("litemedsam", "cpu", "slice", {"encode": 310.0, "decode": 9.0, "total": 330.0},
+                          {"total": 12.0}, encoder_calls=1, slices=1, pause=0.25, paused_fraction=0.3125)
+    assert format_overlay(paused) == (
+        "FastMedSAM litemedsam (cpu)\n"
+        "encode 310 ms | decode 9.0 ms | total 330 ms\n"
+        "pause 0.25 · 31% tokens paused\n"
+        "logic 12 ms"
+    )
+    assert format_history_row(paused)[3] == "0.25 (31%)"
+    note = "pause 0.25 not applied: medficientsam-l0 has no token-pause heads"
+    plain = TimingRecord("medficientsam-l0", "cpu", "slice", {"encode": 90.0, "decode": 9.0, "total": 100.0},
+                         {"total": 12.0}, encoder_calls=1, slices=1, pause_note=note)
+    assert format_overlay(plain).splitlines()[2:] == [note, "logic 12 ms"]
+    assert format_history_row(plain)[3] == "off"
 
 
 def test_dependencies_present_and_main_thread_only() -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import py_compile
 import re
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Set
@@ -23,9 +24,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from slicer_headless import REPO  # noqa: E402  (also puts FastMedSAM/ on sys.path)
 
+from FastMedSAMLib.pause import supports_pause  # noqa: E402
 from FastMedSAMLib.registry import get_spec, list_specs  # noqa: E402
 from FastMedSAMLogicLib import panel  # noqa: E402
-from FastMedSAMLogicLib.model_catalog import model_info  # noqa: E402
+from FastMedSAMLogicLib.model_catalog import PAUSE_TOOLTIP, model_info, pause_state  # noqa: E402
 from FastMedSAMLogicLib.overlay import HISTORY_COLUMNS, TimingRecord, format_history_row, format_overlay  # noqa: E402
 
 UI_FILE = REPO / "Resources" / "UI" / "FastMedSAM.ui"
@@ -82,6 +84,49 @@ def test_timing_table_columns_match_the_history_rows() -> None:
     assert len(format_history_row(record)) == len(headers)
 
 
+def _ui_widget(name: str) -> ET.Element:
+    return next(w for w in ET.parse(UI_FILE).getroot().iter("widget") if w.get("name") == name)
+
+
+def test_pause_slider_is_horizontal_and_spans_the_knob() -> None:
+    slider = _ui_widget("pauseSlider")
+    assert slider.get("class") == "QSlider"
+    properties = {p.get("name"): p[0].text for p in slider.findall("property")}
+    assert properties["orientation"] == "Qt::Horizontal"
+    assert (int(properties["minimum"]), int(properties["maximum"])) == (0, panel.PAUSE_STEPS)
+    assert _ui_widget("pauseLabel").findtext("property/string") == "Speed ↔ accuracy:"
+    assert _ui_widget("pauseAccurateLabel").findtext("property/string") == "accurate"  # left = the plain model
+    assert _ui_widget("pauseFastLabel").findtext("property/string") == "fast"
+    for knob in (0.0, 0.25, 0.37, 1.0):
+        assert panel.pause_from_slider(panel.slider_value(knob)) == knob
+    assert panel.slider_value(0.0) == 0 and panel.slider_value(1.0) == panel.PAUSE_STEPS
+
+
+@pytest.mark.parametrize("model", [s.name for s in list_specs() if s.role == "model"])
+def test_pause_slider_enabled_only_for_models_with_pause_heads(model: str) -> None:
+    view = panel.model_panel(model, model_info(get_spec(model)), pause=0.25)
+    slider = view["pauseSlider"]
+    if supports_pause(model):
+        assert slider == {"enabled": True, "toolTip": PAUSE_TOOLTIP}
+        assert "plain model" in PAUSE_TOOLTIP and "faster" in PAUSE_TOOLTIP
+        assert view["pauseValueLabel"] == {"text": "0.25", "enabled": True}
+    else:
+        assert slider["enabled"] is False
+        assert slider["toolTip"].startswith(f"{model} has no token-pause heads"), slider["toolTip"]
+        assert "litemedsam" in slider["toolTip"], "the reason should name the models that do pause"
+        assert view["pauseValueLabel"] == {"text": "0 (plain model)", "enabled": False}
+    for label in ("pauseAccurateLabel", "pauseFastLabel"):
+        assert view[label] == {"enabled": slider["enabled"]}
+    assert panel.model_panel(model, model_info(get_spec(model)))["pauseValueLabel"]["text"] == "0 (plain model)"
+
+
+def test_pause_slider_greyed_until_torch_is_installed(monkeypatch) -> None:
+    """Inside Slicer the panel loads before the Python dependencies: the slider says what to do."""
+    monkeypatch.setitem(sys.modules, "FastMedSAMLib.pause", None)  # importing it now raises ImportError
+    enabled, reason = pause_state("litemedsam")
+    assert enabled is False and "install" in reason and "torch" in reason
+
+
 @functools.lru_cache(maxsize=None)  # QUiLoader keeps no reference to registered classes: they must stay alive
 def _stand_ins():
     from PySide6.QtWidgets import QComboBox, QHBoxLayout, QWidget
@@ -135,11 +180,13 @@ def _figures_records() -> List[TimingRecord]:
         return []
     figures = json.loads(path.read_text(encoding="utf-8"))
     records = []
-    for name, kind in (("box_propagation", "3D"), ("slice_prompt", "slice")):
+    for name, kind in (("box_propagation", "3D"), ("slice_prompt", "slice"), ("pause_knob", "3D")):
         if name in figures:
             f = figures[name]
             records.append(TimingRecord("litemedsam", "cpu", kind, f["session_ms"], f["logic_ms"],
-                                        int(f.get("encoder_calls", 0)), int(f.get("slices", 1))))
+                                        int(f.get("encoder_calls", 0)), int(f.get("slices", 1)),
+                                        pause=float(f.get("pause", 0.0)),
+                                        paused_fraction=float(f.get("paused_fraction", 0.0))))
     return records
 
 
@@ -156,15 +203,23 @@ def test_panel_loads_offscreen_and_renders_png(qt_app) -> None:
         if child is not None and cls not in SLICER_WIDGETS:
             assert child.metaObject().className() == cls, (name, child.metaObject().className(), cls)
 
-    # the state the module widget shows for the default model, from the same functions it uses
-    model = "litemedsam"
-    combo = widget.findChild(QWidget, "modelComboBox")
-    combo.addItems([s.name for s in list_specs() if s.role == "model"])
-    combo.setCurrentText(model)
-    for name, properties in panel.model_panel(model, model_info(get_spec(model))).items():
-        control = widget.findChild(QWidget, name)
-        for prop, value in properties.items():
-            assert control.setProperty(prop, value), f"{name}.{prop} is not a Qt property"
+    def show_model(model: str, pause: float) -> None:
+        """The state the module widget shows for `model`, from the same functions it uses."""
+        widget.findChild(QWidget, "modelComboBox").setCurrentText(model)
+        widget.findChild(QWidget, "pauseSlider").setValue(panel.slider_value(pause))
+        for name, properties in panel.model_panel(model, model_info(get_spec(model)), pause=pause).items():
+            control = widget.findChild(QWidget, name)
+            for prop, value in properties.items():
+                assert control.setProperty(prop, value), f"{name}.{prop} is not a Qt property"
+
+    widget.findChild(QWidget, "modelComboBox").addItems([s.name for s in list_specs() if s.role == "model"])
+    slider = widget.findChild(QWidget, "pauseSlider")
+    show_model("medficientsam-l0", 0.25)  # no pause heads: greyed, with the reason
+    assert not slider.isEnabled() and "no token-pause heads" in slider.toolTip()
+    assert widget.findChild(QLabel, "pauseValueLabel").text() == "0 (plain model)"
+    show_model("litemedsam", 0.25)
+    assert slider.isEnabled() and slider.toolTip() == PAUSE_TOOLTIP and slider.value() == 25
+    assert widget.findChild(QLabel, "pauseValueLabel").text() == "0.25"
     widget.findChild(QWidget, "downloadProgressBar").setVisible(False)
     widget.findChild(QWidget, "installDependenciesButton").setVisible(False)
     widget.findChild(QWidget, "inputVolumeSelector").addItem("CT lesion")
@@ -184,7 +239,7 @@ def test_panel_loads_offscreen_and_renders_png(qt_app) -> None:
     assert "point" in widget.findChild(QWidget, "includePointButton").toolTip()
     assert widget.findChild(QWidget, "roi3DButton").isEnabled()
 
-    widget.resize(540, 860)
+    widget.resize(580, 880)
     widget.show()
     qt_app.processEvents()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
