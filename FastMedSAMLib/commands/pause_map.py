@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if pause == 0.0:
         raise PauseError("--pause 0 is the plain model and pauses nothing: give a value in (0, 1]")
     if not supports_pause(args.model):
-        raise PauseError(f"--model {args.model!r} has no pause heads; token pausing exists for: {', '.join(HEADS_NAME)}")
+        have = ", ".join(HEADS_NAME)
+        raise PauseError(f"--model {args.model!r} has no pause heads; token pausing exists for: {have}")
     if args.out.suffix.lower() != ".png":
         raise PauseError(f"--out {args.out}: the pause map is a PNG, name it *.png")
     rgb, what = load_slice(args.image, args.slice)

@@ -126,7 +126,8 @@ def load_eval(path: Path) -> Dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EvalReportError(f"eval report {path} is not readable JSON ({exc})") from None
     summary = report.get("summary") if isinstance(report, dict) else None
-    if not isinstance(summary, dict) or not all(isinstance(s, dict) and "datasets" in s for s in summary.values()):
+    if not summary or not isinstance(summary, dict) or not all(isinstance(s, dict) and "datasets" in s
+                                                               for s in summary.values()):
         raise EvalReportError(f"{path} is not a box-protocol `fastmedsam eval` report (no summary per pause): {hint}")
     if report.get("model", MODEL) != MODEL:
         raise EvalReportError(f"{path} evaluates {report['model']!r}; the pause curve is for {MODEL}")
@@ -254,8 +255,10 @@ def table(report: Dict[str, Any]) -> str:
         delta = acc["delta_points"] if acc else None
         cells = [_pair(acc, "dsc_datasets", "dsc_targets", ".4f"), _pair(delta, "dsc_datasets", "dsc_targets", "+.2f"),
                  _pair(acc, "nsd_datasets", "nsd_targets", ".4f"), _pair(delta, "nsd_datasets", "nsd_targets", "+.2f")]
-        lines.append(f"| {row['pause']} | {row['encoder_ms']:.0f} | {row['speedup']:.2f}x | {frac} | " + " | ".join(cells) + " |")
-    lines.append(f"\npause heads before blocks {speed['heads_depths']}; blocks 0-1 run on the 128x128 grid, 2-9 on 64x64.")
+        speed_cells = f"| {row['pause']} | {row['encoder_ms']:.0f} | {row['speedup']:.2f}x | {frac} | "
+        lines.append(speed_cells + " | ".join(cells) + " |")
+    lines.append(f"\npause heads before blocks {speed['heads_depths']}; "
+                 "blocks 0-1 run on the 128x128 grid, 2-9 on 64x64.")
     for key in report["missing_accuracy"]:
         lines.append(f"pause {key}: not in the eval report, so no accuracy (rerun eval with --pause including {key}).")
     return "\n".join(lines)
@@ -340,7 +343,8 @@ def plot(report: Dict[str, Any], path: Path) -> Path:
     ImageDraw.Draw(label).text((label.width / 2, 10), "change vs pause 0 (points, 1 point = 0.01)", fill="black",
                                font=text, anchor="mm")
     image.paste(label.rotate(90, expand=True), (16, top))
-    legend = [("circle", blue, "DSC change (mean over datasets)"), ("square", orange, "NSD change (mean over datasets)"),
+    legend = [("circle", blue, "DSC change (mean over datasets)"),
+              ("square", orange, "NSD change (mean over datasets)"),
               ("patch", green, f"goal: >= {GOAL_SPEEDUP:g}x at >= {GOAL_DSC_POINTS:g} DSC point")]
     lx, y = left, height - 22
     for kind, colour, name in legend:  # one row under the axis title, outside the data

@@ -46,7 +46,8 @@ def pause_overlay(frame_rgb: np.ndarray, depths: np.ndarray, head_depths: Sequen
     return out.clip(0, 255).astype(np.uint8)
 
 
-def render(frame_rgb: np.ndarray, depths: np.ndarray, head_depths: Sequence[int], never: int, title: str) -> PILImage.Image:
+def render(frame_rgb: np.ndarray, depths: np.ndarray, head_depths: Sequence[int], never: int,
+           title: str) -> PILImage.Image:
     """The frame and its tinted copy side by side, with a title and one legend line per head.
 
     Size: (2 * S * SCALE, S * SCALE + LINE * (len(head_depths) + 2)) for an (S, S, 3) frame."""
@@ -58,12 +59,13 @@ def render(frame_rgb: np.ndarray, depths: np.ndarray, head_depths: Sequence[int]
     draw = ImageDraw.Draw(canvas)
     text = font(13)
     draw.text((4, size + 2), title, fill=(0, 0, 0), font=text)
-    total = depths.size
+    total, grid = depths.size, "x".join(map(str, depths.shape))
     for i, depth in enumerate(head_depths):
         y = size + LINE * (i + 1)
         draw.rectangle([4, y + 2, 18, y + 14], fill=head_colour(i, len(head_depths)))
         share = float((depths == depth).sum()) / total
-        draw.text((24, y + 1), f"paused before block {depth}: {share:.0%} of the final 64x64 grid", fill=(0, 0, 0), font=text)
+        line = f"paused before block {depth}: {share:.0%} of the final {grid} grid"
+        draw.text((24, y + 1), line, fill=(0, 0, 0), font=text)
     y = size + LINE * (len(head_depths) + 1)
     draw.rectangle([4, y + 2, 18, y + 14], outline=(0, 0, 0))
     share = float((depths == never).sum()) / total

@@ -86,7 +86,8 @@ def test_air_pauses_before_edges_on_ct(ct_slice: np.ndarray, heads, litemedsam_c
     encoder = paused_encoder(load_model("litemedsam", weights=litemedsam_checkpoint), "litemedsam", 0.5, heads=heads)
     frame, depths = pause_depths(ct_slice, encoder)
     cell = frame.shape[0] // depths.shape[0]
-    grey = frame[..., 0].astype(np.float64).reshape(depths.shape[0], cell, depths.shape[1], cell).mean(axis=(1, 3)) / 255
+    h, w = depths.shape
+    grey = frame[..., 0].astype(np.float64).reshape(h, cell, w, cell).mean(axis=(1, 3)) / 255  # the token grid
     edges = np.hypot(ndimage.sobel(grey, axis=0), ndimage.sobel(grey, axis=1))
     air = grey < 0.02
     strong = edges >= np.quantile(edges, 0.9)
