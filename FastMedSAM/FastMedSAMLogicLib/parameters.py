@@ -1,7 +1,6 @@
 """The module's state in the scene (a vtkMRMLScriptedModuleNode), so saving and reloading a scene keeps it."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from slicer import vtkMRMLScriptedModuleNode
@@ -79,11 +78,12 @@ class Parameters:
 
 
 def _pause_value(value) -> float:
-    # checked here rather than with FastMedSAMLib.pause, which needs torch: the panel loads before torch is installed
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not (math.isfinite(number) and 0.0 <= number <= 1.0):
-        raise FastMedSAMError(f"the Pause parameter must be a number in [0, 1] (0 = the plain model), got {value!r}")
-    return number
+    """The knob from the node's text (or a number): a float in [0, 1], else a clear error."""
+    from FastMedSAMLib.pause import validate_pause  # torch-free, so the panel works before torch is installed
+
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise FastMedSAMError(f"the Pause parameter must be a number in [0, 1] (0 = the plain model), got {value!r}") from None
+    return validate_pause(value)

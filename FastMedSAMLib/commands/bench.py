@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models = p.add_mutually_exclusive_group()
     models.add_argument("--model", dest="models", type=lambda t: [t], help="one registry model (default litemedsam)")
     models.add_argument("--models", dest="models", type=name_list, help="comma-separated registry models")
-    p.add_argument("--pause", type=float_list, default=[0.0], help="token-pause fractions, e.g. 0,0.25,0.5 (default 0)")
+    p.add_argument("--pause", type=float_list, default=[0.0], help="token-pause knob values in [0, 1], e.g. 0,0.25,0.5,0.75,1 (default 0 = the plain model)")
     p.add_argument("--repeats", type=positive_int, default=5, help="repeats; medians are reported (default 5)")
     p.add_argument(
         "--weights", choices=("official", "recipe"), default="official",

@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--instances-per-image", type=positive_int,
         help="sample N instances per image in the instance datasets (default: the reference's 60, EM 100)",
     )
-    p.add_argument("--pause", type=float_list, default=[0.0], help="token-pause fractions, e.g. 0,0.5 (default 0)")
+    p.add_argument("--pause", type=float_list, default=[0.0], help="token-pause knob values in [0, 1], e.g. 0,0.25,0.5 (default 0 = the plain model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--out", type=Path, help="write the JSON report here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

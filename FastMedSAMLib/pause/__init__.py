@@ -9,11 +9,12 @@ Session hook: `encoder_for(net, model_name, pause)` is `net.encode` itself for p
 """
 from __future__ import annotations
 
+import math
+import numbers
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..errors import FastMedSAMError
-from .heads import check_pause
 
 HEADS_NAME = {"litemedsam": "litemedsam-pause-heads"}  # model -> registry entry of its pause heads
 
@@ -28,11 +29,13 @@ def supports_pause(model: str) -> bool:
 
 
 def validate_pause(pause: Any) -> float:
-    """The knob as a float in [0, 1]; anything else raises PauseError."""
-    try:
-        return check_pause(pause)
-    except ValueError as exc:
-        raise PauseError(str(exc)) from None
+    """The knob as a float in [0, 1]; anything else raises PauseError saying what was wrong (no torch needed)."""
+    if isinstance(pause, bool) or not isinstance(pause, numbers.Real):
+        raise PauseError(f"pause must be a number in [0, 1] (0 = the plain model), got {pause!r}")
+    value = float(pause)
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise PauseError(f"pause must be in [0, 1] (0 = the plain model, 1 = pause the most), got {pause!r}")
+    return value
 
 
 def heads_path(model: str) -> Path:

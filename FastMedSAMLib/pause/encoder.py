@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from ..models.tinyvit import TinyViT
-from .heads import PauseHeads, check_pause
+from . import validate_pause
+from .heads import PauseHeads
 from .tinyvit_paused import PausedTinyViT, PauseStats
 
 
@@ -19,7 +20,7 @@ class PausedEncoder(nn.Module):
 
     def __init__(self, encoder: TinyViT, heads: PauseHeads, pause: float) -> None:
         super().__init__()
-        pause = check_pause(pause)
+        pause = validate_pause(pause)
         if pause == 0.0:
             raise ValueError("pause=0 is the plain encoder: call it directly (the paused path must not run)")
         self.pause = pause

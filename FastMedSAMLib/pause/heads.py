@@ -8,8 +8,6 @@ threshold for pause = i / (len - 1), linear in between.
 from __future__ import annotations
 
 import hashlib
-import math
-import numbers
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -17,20 +15,11 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from . import validate_pause
 
 FORMAT = "fastmedsam-pause-heads"
 VERSION = 1
 PathLike = Union[str, Path]
-
-
-def check_pause(pause: Any) -> float:
-    """The knob as a float in [0, 1]; anything else raises ValueError with what was wrong."""
-    if isinstance(pause, bool) or not isinstance(pause, numbers.Real):
-        raise ValueError(f"pause must be a number in [0, 1] (0 = the plain model), got {pause!r}")
-    value = float(pause)
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"pause must be in [0, 1] (0 = the plain model, 1 = pause the most), got {pause!r}")
-    return value
 
 
 class PauseHead(nn.Module):
@@ -73,7 +62,7 @@ class PauseHeads(nn.Module):
     def threshold(self, pause: float) -> float:
         """log10 error below which a token pauses, for a knob value in [0, 1] (monotone in the knob)."""
         table = self.knob_table
-        position = check_pause(pause) * (len(table) - 1)
+        position = validate_pause(pause) * (len(table) - 1)
         low = min(int(position), len(table) - 2)
         frac = position - low
         return float(table[low] * (1.0 - frac) + table[low + 1] * frac)
