@@ -229,3 +229,17 @@ def test_paused_attention_matches_a_windowed_sam_med3d_block():
         active = torch.arange(0, 512, 3)
         got = paused_block(block, x.reshape(512, 48), active, grid=8)
     torch.testing.assert_close(got, expected[active], atol=1e-5, rtol=1e-5)
+
+
+def test_vit3d_speed_curve_pauses_the_knob_fraction_at_each_decision_depth(manifest_path, capsys):
+    """Speed-only 3D curve (recipe weights): tokens entering each block follow the knob exactly and the plain
+    encoder is the pause-0 row (the times themselves are the benchmark's business)."""
+    from FastMedSAMLib.cli import main
+
+    assert main(["pause-curve-3d", "--model", "fastsam3d", "--pause", "0.5,1", "--repeats", "1",
+                 "--manifest", str(manifest_path)]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 0") or line.startswith("| 1")]
+    by_knob = {r[0].strip("| "): r for r in rows}
+    assert by_knob["0"][3].strip(" |") == "512 512 512 512 512 512"
+    assert by_knob["0.5"][3].strip(" |") == "512 512 256 256 128 128"
+    assert by_knob["1"][3].strip(" |") == "512 512 0 0 0 0"
