@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..models import load_model
     from ..pause.data import training_slices
+    from ..pause.heads import sha256_of
     from ..pause.train import TrainConfig, train
 
     torch.manual_seed(args.seed)
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     slices = training_slices(args.manifest, config.slices, config.seed)
     heads, report = train(net.image_encoder, slices, config, progress=not args.quiet)
     report.update({"model": args.model, "commit": _commit(), "torch": str(torch.__version__),
-                   "manifest": str(args.manifest.resolve()), "slice_sources": [s.source for s in slices]})
+                   "threads": torch.get_num_threads(), "manifest_sha256": sha256_of(args.manifest),
+                   "slice_sources": [s.source for s in slices]})
     sha256 = heads.save(args.out, report)
     size = args.out.stat().st_size
     note = args.out.with_suffix(".md")
@@ -70,7 +72,8 @@ def _note(args: argparse.Namespace, report: dict, sha256: str, size: int) -> str
 
 Token-pause heads for `{args.model}`, trained label-free by `fastmedsam train-pause --model {args.model}
 --manifest <shared>/data/manifest.json --out {args.out} --seed {args.seed} --slices {args.slices}`
-(FastMedSAMLib/pause/train.py) at commit `{report['commit']}`, torch {report['torch']}, in {report['seconds']} s.
+(FastMedSAMLib/pause/train.py) at commit `{report['commit']}`, torch {report['torch']}, {report['threads']} thread(s),
+in {report['seconds']} s; manifest sha256 `{report['manifest_sha256']}`.
 
 - size {size} bytes, sha256 `{sha256}`
 - heads at blocks {', '.join(map(str, config['depths']))} (LayerNorm -> Linear -> GELU -> Linear, hidden {config['hidden']}),
