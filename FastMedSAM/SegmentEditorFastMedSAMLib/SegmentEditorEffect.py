@@ -19,6 +19,7 @@ from FastMedSAMLib.registry import get_spec, list_specs
 from FastMedSAMLogicLib import dependencies
 from FastMedSAMLogicLib.logic import FastMedSAMLogic
 from FastMedSAMLogicLib.model_catalog import model_info
+from FastMedSAMLogicLib.parameters import Parameters
 from FastMedSAMLogicLib.prompt_nodes import EXCLUDE, INCLUDE, set_role
 from FastMedSAMLogicLib.worker import PredictionWorker
 
@@ -187,6 +188,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             if self.logic is None:
                 self.logic = FastMedSAMLogic(slicer.mrmlScene)
                 self.worker = PredictionWorker(self.logic.predict, name="FastMedSAM-effect")
+            pause = Parameters.get_or_create(slicer.mrmlScene).pause  # the module panel's speed <-> accuracy knob
             roi = self.nodes.get("box")
             hasBox = roi is not None and roi.GetScene() is not None and roi.GetNumberOfControlPoints() > 0
             if slice_only:
@@ -197,12 +199,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
                 sliceIndex = int(round(world_to_ijk(volume, np.array([center]))[0][2]))
                 prompts = [n for t, n in self.nodes.items() if t != "box3d" and n.GetScene() is not None]
-                request = self.logic.prepare_slice(volume, prompts, segmentation, segmentId, sliceIndex, model, "auto")
+                request = self.logic.prepare_slice(volume, prompts, segmentation, segmentId, sliceIndex, model, "auto",
+                                                   pause)
             else:
                 if not hasBox:
                     raise PromptError("drag a box on the middle slice first")
                 request = self.logic.prepare_box(volume, self.extendedBox(volume, roi), segmentation, segmentId,
-                                                 model, "auto")
+                                                 model, "auto", pause)
             self.worker.submit(request)
             if not self.timer.isActive():
                 qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
