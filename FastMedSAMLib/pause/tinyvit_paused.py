@@ -23,7 +23,7 @@ path ~220 ms; the whole encoder with nothing paused ~1.0 s vs ~1.7 s. Same funct
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -82,26 +82,20 @@ def mlp_forward(mlp: TokenMLP, x: torch.Tensor) -> torch.Tensor:
     return mlp.fc2(hidden)
 
 
-class FoldedMBConv(nn.Module):
-    def __init__(self, block: MBConv) -> None:
+class FoldedTriple(nn.Module):
+    """TinyViT's conv1 -> GELU -> conv2 -> GELU -> conv3 units, folded: an MBConv (`residual`: GELU(x + ...)) or
+    a PatchMerging (no residual)."""
+
+    def __init__(self, block: Union[MBConv, PatchMerging], residual: bool) -> None:
         super().__init__()
         self.conv1 = FoldedConv(block.conv1, gelu=True)
         self.conv2 = FoldedConv(block.conv2, gelu=True)
         self.conv3 = FoldedConv(block.conv3)
+        self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(x + self.conv3(self.conv2(self.conv1(x))))
-
-
-class FoldedMerge(nn.Module):
-    def __init__(self, merge: PatchMerging) -> None:
-        super().__init__()
-        self.conv1 = FoldedConv(merge.conv1, gelu=True)
-        self.conv2 = FoldedConv(merge.conv2, gelu=True)
-        self.conv3 = FoldedConv(merge.conv3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.conv2(self.conv1(x)))
+        y = self.conv3(self.conv2(self.conv1(x)))
+        return F.gelu(x + y) if self.residual else y
 
 
 @dataclass(frozen=True)
@@ -243,8 +237,8 @@ class PausedTinyViT(nn.Module):
         super().__init__()
         stem = encoder.patch_embed.seq
         self.stem = nn.ModuleList([FoldedConv(stem[0], gelu=True), FoldedConv(stem[2])])
-        self.mbconvs = nn.ModuleList(FoldedMBConv(b) for b in encoder.layers[0].blocks)
-        self.merges = nn.ModuleList([FoldedMerge(encoder.layers[0].downsample)])
+        self.mbconvs = nn.ModuleList(FoldedTriple(b, residual=True) for b in encoder.layers[0].blocks)
+        self.merges = nn.ModuleList([FoldedTriple(encoder.layers[0].downsample, residual=False)])
         blocks: List[_Block] = []
         self.stage_of: List[int] = []
         size = image_size // 2
@@ -253,7 +247,7 @@ class PausedTinyViT(nn.Module):
                 blocks.append(_Block(block, (size, size)))
                 self.stage_of.append(stage_index)
             if stage.downsample is not None:
-                self.merges.append(FoldedMerge(stage.downsample))
+                self.merges.append(FoldedTriple(stage.downsample, residual=False))
                 size //= stage.downsample.conv2.c.stride[0]
         self.blocks = nn.ModuleList(blocks)
         self.neck = encoder.neck
