@@ -48,7 +48,7 @@ def load_slice(path: Path, index: Optional[int]) -> Tuple[np.ndarray, str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..models import load_model
-    from ..pause import HEADS_NAME, PauseError, paused_encoder, supports_pause, validate_pause
+    from ..pause import PauseError, heads_entry, paused_encoder, validate_pause
     from ..pause.visualize import save_pause_map
 
     try:
@@ -58,9 +58,7 @@ def run(args: argparse.Namespace) -> int:
     pause = validate_pause(value)
     if pause == 0.0:
         raise PauseError("--pause 0 is the plain model and pauses nothing: give a value in (0, 1]")
-    if not supports_pause(args.model):
-        have = ", ".join(HEADS_NAME)
-        raise PauseError(f"--model {args.model!r} has no pause heads; token pausing exists for: {have}")
+    heads_entry(args.model)  # PauseError naming the models with heads
     if args.out.suffix.lower() != ".png":
         raise PauseError(f"--out {args.out}: the pause map is a PNG, name it *.png")
     rgb, what = load_slice(args.image, args.slice)

@@ -12,20 +12,34 @@ from __future__ import annotations
 import math
 import numbers
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 from ..errors import FastMedSAMError
 
-HEADS_NAME = {"litemedsam": "litemedsam-pause-heads"}  # model -> registry entry of its pause heads
 
 
 class PauseError(FastMedSAMError, ValueError):
     """A bad pause knob value, or token pausing asked of a model that has no pause heads."""
 
 
+def pausable_models() -> Dict[str, str]:
+    """model -> the registry entry of its pause heads (entries with role "pause-heads" name their `base` model)."""
+    from ..registry import list_specs
+
+    return {spec.base: spec.name for spec in list_specs() if spec.role == "pause-heads" and spec.base}
+
+
 def supports_pause(model: str) -> bool:
     """Whether `model` has pause heads (so its Session takes a pause knob other than 0)."""
-    return model in HEADS_NAME
+    return model in pausable_models()
+
+
+def heads_entry(model: str) -> str:
+    """The registry name of `model`'s pause heads; PauseError naming the models that have some otherwise."""
+    heads = pausable_models()
+    if model not in heads:
+        raise PauseError(f"model {model!r} has no pause heads; token pausing exists for: {', '.join(heads)}")
+    return heads[model]
 
 
 def validate_pause(pause: Any) -> float:
@@ -42,9 +56,7 @@ def heads_path(model: str) -> Path:
     """The verified pause heads file of `model` (sha256-checked against the registry)."""
     from ..weights import ensure_weights
 
-    if model not in HEADS_NAME:
-        raise PauseError(f"model {model!r} has no pause heads; token pausing exists for: {', '.join(HEADS_NAME)}")
-    return ensure_weights(HEADS_NAME[model])
+    return ensure_weights(heads_entry(model))
 
 
 def load_pause_heads(model: str, path: Optional[Union[str, Path]] = None):
@@ -53,9 +65,7 @@ def load_pause_heads(model: str, path: Optional[Union[str, Path]] = None):
     from ..registry import get_spec
     from .heads import load_heads
 
-    if model not in HEADS_NAME:
-        raise PauseError(f"model {model!r} has no pause heads; token pausing exists for: {', '.join(HEADS_NAME)}")
-    spec = get_spec(HEADS_NAME[model])
+    spec = get_spec(heads_entry(model))
     return load_heads(heads_path(model) if path is None else path, spec.sha256, model)
 
 
@@ -77,4 +87,4 @@ def encoder_for(net: Any, model: str, pause: Any) -> Callable:
     return net.encode if encoder is None else encoder
 
 
-__all__ = ["PauseError", "supports_pause", "validate_pause", "encoder_for", "paused_encoder", "load_pause_heads", "heads_path"]
+__all__ = ["PauseError", "pausable_models", "supports_pause", "heads_entry", "validate_pause", "encoder_for", "paused_encoder", "load_pause_heads", "heads_path"]
