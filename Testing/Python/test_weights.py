@@ -232,8 +232,10 @@ def test_registry_entries_are_complete_and_buildable(monkeypatch: pytest.MonkeyP
     assert specs["sam-med3d-turbo"].sha256 == "899a46d04d3b70f723282ceb489149373558bf0aaba389a346f5ab57da5cdd3c"
     assert specs["fastsam3d"].dimensionality == "3D" and "point" in specs["fastsam3d"].prompts
     heads = specs["litemedsam-pause-heads"]
-    assert heads.base == "litemedsam" and heads.sha256 is None and heads.sources[0].kind == "repo"
-    assert weights_path(heads.name) == REAL_REGISTRY.parents[1] / heads.sources[0].path
+    assert heads.base == "litemedsam" and heads.sources[0].kind == "repo"
+    committed = REAL_REGISTRY.parents[1] / heads.sources[0].path
+    assert weights_path(heads.name) == committed
+    assert (heads.size, heads.sha256) == (committed.stat().st_size, hashlib.sha256(committed.read_bytes()).hexdigest())
     with pytest.raises(RegistryError, match="unknown model 'nosuch'"):
         get_spec("nosuch")
 
