@@ -1,6 +1,6 @@
 """Speed and memory of models through the public `Session` API, all variants side by side in one process.
 
-A variant is (model, pause fraction). Each model family has a workload: a list of named measurements, each one
+A variant is (model, token-pause knob). Each model family has a workload: a list of named measurements, each one
 call `(session, data) -> {figure: value}`. Every repeat runs every measurement on every variant before the next
 repeat starts, so slow phases of a shared machine hit all variants alike and their ratios stay meaningful; the
 report gives medians over the repeats.

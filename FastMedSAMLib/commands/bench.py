@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench",
         help="time models through the Session (cold encode, cached click, 3D propagation, memory)",
         description=(
-            "Benchmark one or more models (and token-pause fractions) side by side in one process on real CT: "
+            "Benchmark one or more models (and token-pause knob values) side by side in one process on real CT: "
             "cold encode of a slice, a cached click, 3D propagation over the DeepLesion volumes; medians over "
             "--repeats. Models whose weights are not cached are skipped with a note."
         ),

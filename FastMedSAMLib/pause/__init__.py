@@ -4,15 +4,15 @@ pause = 0 is the plain model (no paused code runs at all); pause in (0, 1] maps 
 predicted error without retraining (1 = pause the most). See `tinyvit_paused` (mechanism), `train` (label-free
 training), `heads` (file format, knob), `vit3d_paused` (3D ViT version).
 
-Session hook: `encoder_for(net, model_name, pause)` is `net.encode` itself for pause = 0, else a `PausedEncoder`
-(callable: (B, 3, 256, 256) -> embedding, with `.paused_fraction()` and `.stats()` for the last image).
+Session hook: `paused_encoder(net, model_name, pause)` is None for pause = 0 (the Session keeps `net.encode`, the
+plain model untouched), else a `PausedEncoder` (callable: (B, 3, 256, 256) -> embedding, with `.last_stats`).
 """
 from __future__ import annotations
 
 import math
 import numbers
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 from ..errors import FastMedSAMError
 
@@ -80,11 +80,4 @@ def paused_encoder(net: Any, model: str, pause: Any, heads: Optional[Any] = None
     return PausedEncoder(net.image_encoder, heads if heads is not None else load_pause_heads(model), value)
 
 
-def encoder_for(net: Any, model: str, pause: Any) -> Callable:
-    """What the Session calls to encode a preprocessed slice: `net.encode` for pause = 0 (the plain model,
-    untouched), else the model's `PausedEncoder` at that knob."""
-    encoder = paused_encoder(net, model, pause)
-    return net.encode if encoder is None else encoder
-
-
-__all__ = ["PauseError", "pausable_models", "supports_pause", "heads_entry", "validate_pause", "encoder_for", "paused_encoder", "load_pause_heads", "heads_path"]
+__all__ = ["PauseError", "pausable_models", "supports_pause", "heads_entry", "validate_pause", "paused_encoder", "load_pause_heads", "heads_path"]

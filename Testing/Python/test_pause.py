@@ -17,7 +17,7 @@ from FastMedSAMLib.metrics import dice
 from FastMedSAMLib.models import build_model, load_model
 from FastMedSAMLib.models.litemedsam import LiteMedSAMAdapter
 from FastMedSAMLib.models.vit3d import PreNormBlock3D
-from FastMedSAMLib.pause import PauseError, encoder_for, heads_path, load_pause_heads, paused_encoder, validate_pause
+from FastMedSAMLib.pause import PauseError, heads_path, load_pause_heads, paused_encoder, validate_pause
 from FastMedSAMLib.pause.heads import load_heads
 from FastMedSAMLib.pause.tinyvit_paused import PausedTinyViT
 from FastMedSAMLib.pause.vit3d_paused import PausedViT3D, paused_block
@@ -65,15 +65,24 @@ def _dices(net, embedding, frame, cases):
 
 
 # -- pause = 0 is the plain model ------------------------------------------------------------------------------
-def test_pause_zero_is_bitwise_the_plain_encoder_and_never_runs_the_paused_path(net, btcv, monkeypatch):
+def test_pause_zero_is_bitwise_the_plain_encoder_and_never_runs_the_paused_path(net, data_dir, monkeypatch):
+    from FastMedSAMLib import Box, Session
+    from FastMedSAMLib.imageio import read_image
+
     def refuse(*args, **kwargs):
         raise AssertionError("the paused code path ran at pause=0")
 
+    image = read_image(data_dir / "xray_lung" / "cxr" / "CHNCXR_0001_0.png")
+    box = Box(40, 60, 200, 400)
+    plain = Session(model="litemedsam", device="cpu")
+    plain.set_image(image)
+    expected = plain.predict(box=box).mask
     monkeypatch.setattr(PausedTinyViT, "forward", refuse)
     assert paused_encoder(net, "litemedsam", 0) is None
-    encode = encoder_for(net, "litemedsam", 0.0)
-    with torch.inference_mode():
-        assert torch.equal(encode(btcv[0]), net.image_encoder(btcv[0]))
+    for knob in (0, 0.0):
+        session = Session(model="litemedsam", device="cpu", pause=knob)
+        session.set_image(image)
+        np.testing.assert_array_equal(session.predict(box=box).mask, expected)
 
 
 def test_paused_path_with_nothing_paused_matches_the_plain_encoder(net, btcv):
