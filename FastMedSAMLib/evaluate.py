@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import FastMedSAMError, PromptError
+from .errors import PromptError
 from .manifest import MANUAL, Entry, Target, iter_cases, read_manifest, select
 from .metrics import TOLERANCE_2D_PX, TOLERANCE_3D_MM, score
 from .prompts import Box3D
