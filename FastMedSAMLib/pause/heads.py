@@ -76,7 +76,10 @@ class PauseHeads(nn.Module):
             "depths": list(self.depths),
             "block_dims": list(self.block_dims),
             "hidden": self.hidden,
-            "state_dict": {k: v.detach().clone().contiguous() for k, v in self.state_dict().items()},
+            # float16 storage (weights are trained at that precision, see train.to_storage_precision); the knob
+            # table stays float32. Loading casts back to float32.
+            "state_dict": {k: (v.half() if v.is_floating_point() and k != "knob_table" else v).detach().clone().contiguous()
+                           for k, v in self.state_dict().items()},
             "meta": meta,
         }
         path = Path(path)

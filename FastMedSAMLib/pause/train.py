@@ -182,6 +182,14 @@ def calibrate_knob(heads: PauseHeads, data: Samples, blocks: int) -> None:
     heads.knob_table.copy_(candidates[index])
 
 
+@torch.no_grad()
+def to_storage_precision(module: torch.nn.Module) -> None:
+    """Round `module`'s parameters to float16, the precision the heads file stores them in (it halves the file;
+    computation stays float32)."""
+    for parameter in module.parameters():
+        parameter.copy_(parameter.half().float())
+
+
 def train(encoder: TinyViT, slices: Sequence[TrainingSlice], config: TrainConfig, progress: bool = True) -> Tuple[PauseHeads, Dict]:
     """Train pause heads for a LiteMedSAM TinyViT encoder on unlabelled `slices`; returns them and a report."""
     started = time.perf_counter()
@@ -190,9 +198,11 @@ def train(encoder: TinyViT, slices: Sequence[TrainingSlice], config: TrainConfig
     runner = PausedTinyViT(encoder).eval()
     heads = PauseHeads("litemedsam", config.depths, runner.dims, config.hidden)
     variance = fit_catchups(runner, heads, slices[: config.catchup_slices], progress)
+    to_storage_precision(heads.catchup)  # targets and heads then see exactly the weights the file will hold
     runner.catchup = heads.catchup
     data = collect_targets(runner, config.depths, slices, variance, config.samples_per_slice, rng, progress)
     fit = train_heads(heads, data, config, progress)
+    to_storage_precision(heads.heads)  # the knob is calibrated on the stored heads
     calibrate_knob(heads, data, len(runner.blocks))
     report = {
         "config": asdict(config),
