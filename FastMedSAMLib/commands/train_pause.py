@@ -77,7 +77,7 @@ in {report['seconds']} s; manifest sha256 `{report['manifest_sha256']}`.
 
 - size {size} bytes, sha256 `{sha256}`
 - heads at blocks {', '.join(map(str, config['depths']))} (LayerNorm -> Linear -> GELU -> Linear, hidden {config['hidden']}),
-  one linear catch-up pair per block, knob table of {101} thresholds
+  one linear catch-up pair per block, knob table of {101} thresholds; weights rounded to float16 as fitted, stored so
 - catch-ups fitted on the first {config['catchup_slices']} slices; {config['samples_per_slice']} sampled tokens per slice
   and head; Adam lr {config['lr']}, {config['epochs']} epochs, batch {config['batch']}, seed {config['seed']}
 - mean per-channel variance of the final tokens: {report['final_token_variance']:.5f}
