@@ -92,7 +92,7 @@ class Session:
         self.image: Optional[Image] = None
         self._u8: Optional[np.ndarray] = None
         self.pause = 0.0
-        self._pause_heads = None
+        self._paused_encoder = None  # built on the first knob > 0, then only its threshold moves
         self.set_pause(pause)
 
     # -- token pausing ---------------------------------------------------------------------------------------
@@ -100,18 +100,21 @@ class Session:
         """Set the token-pausing knob (0 = the plain model). Embeddings cached under another value stay cached.
 
         Raises PauseError for a value outside [0, 1] or a model without pause heads (then nothing changes)."""
-        from .pause import PauseError, load_pause_heads, paused_encoder, validate_pause
+        from .pause import PauseError, paused_encoder, validate_pause
 
         value = validate_pause(pause)
         if value == self.pause:
             return
         if not isinstance(self._engine, SliceEngine):
             raise PauseError(f"token pausing is not available for the 3D point model {self.model_name!r}; use pause=0")
-        if self._pause_heads is None:
-            self._pause_heads = load_pause_heads(self.model_name)
-        encoder = paused_encoder(self.net, self.model_name, value, heads=self._pause_heads)
-        self._engine.encoder = self.net.encode if encoder is None else encoder
-        self._engine.encoder_tag = None if encoder is None else ("pause", value)
+        if value == 0.0:
+            self._engine.encoder, self._engine.encoder_tag = self.net.encode, None
+        else:
+            if self._paused_encoder is None:
+                self._paused_encoder = paused_encoder(self.net, self.model_name, value)
+            else:
+                self._paused_encoder.set_pause(value)
+            self._engine.encoder, self._engine.encoder_tag = self._paused_encoder, ("pause", value)
         self.pause = value
 
     # -- image -----------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The token-paused image encoder the Session runs: pause heads + knob -> `PausedEncoder(image) -> embedding`."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -20,15 +20,19 @@ class PausedEncoder(nn.Module):
 
     def __init__(self, encoder: TinyViT, heads: PauseHeads, pause: float) -> None:
         super().__init__()
+        self.heads = heads
+        self.set_pause(pause)
+        self.runner = PausedTinyViT(encoder, heads.catchup).eval()
+        self.to(next(encoder.parameters()).device)
+        self.last_stats: Optional[PauseStats] = None
+
+    def set_pause(self, pause: float) -> None:
+        """Move the knob (only the threshold changes: the folded encoder and the heads stay as they are)."""
         pause = validate_pause(pause)
         if pause == 0.0:
             raise ValueError("pause=0 is the plain encoder: call it directly (the paused path must not run)")
         self.pause = pause
-        self.heads = heads
-        self.threshold = heads.threshold(pause)
-        self.runner = PausedTinyViT(encoder, heads.catchup).eval()
-        self.to(next(encoder.parameters()).device)
-        self.last_stats: Optional[PauseStats] = None
+        self.threshold = self.heads.threshold(pause)
 
     def _decide(self, depth: int, features: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         head = self.heads.head_at(depth)
@@ -51,6 +55,3 @@ class PausedEncoder(nn.Module):
             return None
         fractions = self.last_stats.paused_fraction()
         return sum(fractions) / len(fractions)
-
-    def stats(self) -> Dict[str, List]:
-        return {} if self.last_stats is None else self.last_stats.as_dict()

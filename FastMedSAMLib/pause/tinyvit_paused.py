@@ -134,10 +134,6 @@ class PauseStats:
         """Fraction of each block's tokens that were paused when it ran."""
         return [1.0 - t / g for t, g in zip(self.tokens, self.grid_tokens)]
 
-    def as_dict(self) -> Dict[str, List]:
-        return {"tokens": self.tokens, "grid_tokens": self.grid_tokens, "windows": self.windows,
-                "grid_windows": self.grid_windows, "paused_fraction": self.paused_fraction()}
-
 
 Record = Callable[[int, str, torch.Tensor, torch.Tensor], None]  # (block, "attn"|"mlp", input, residual update)
 
