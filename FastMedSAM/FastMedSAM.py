@@ -24,8 +24,8 @@ from FastMedSAMLogicLib.libpath import ensure_engine_importable, resource_path
 ensure_engine_importable()
 
 from FastMedSAMLib.errors import FastMedSAMError, PromptError  # noqa: E402
-from FastMedSAMLib.registry import get_spec, list_specs  # noqa: E402
-from FastMedSAMLogicLib import dependencies, panel  # noqa: E402
+from FastMedSAMLib.weights.registry import get_spec, list_specs  # noqa: E402
+from FastMedSAMLogicLib import dependencies, panel, shared  # noqa: E402
 from FastMedSAMLogicLib.geometry import world_to_ijk  # noqa: E402
 from FastMedSAMLogicLib.logic import FastMedSAMLogic  # noqa: E402,F401  (the module's Logic, scriptable)
 from FastMedSAMLogicLib.model_catalog import model_info  # noqa: E402
@@ -34,6 +34,7 @@ from FastMedSAMLogicLib.prompt_nodes import EXCLUDE, INCLUDE, set_role  # noqa: 
 from FastMedSAMLogicLib.worker import PredictionWorker  # noqa: E402
 
 POLL_MS = 50
+OWNER = "module-panel"  # its name on the prediction channel shared with the Segment Editor effect
 PROGRESS_DELAY_S = 0.6  # a progress dialog appears only for predictions slower than this
 OVERLAY_CORNER = vtk.vtkCornerAnnotation.UpperRight
 PROMPT_NODES = {  # tool -> (parameter role, node class, name, colour)
@@ -94,7 +95,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.inputVolumeSelector.setMRMLScene(slicer.mrmlScene)
         self.ui.segmentSelector.setMRMLScene(slicer.mrmlScene)
-        self.logic = FastMedSAMLogic(slicer.mrmlScene)
+        self.logic = shared.shared_logic(slicer.mrmlScene)  # the Segment Editor effect uses the same one
 
         for spec in list_specs():
             if spec.role == "model":
@@ -156,9 +157,9 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         self.removeObservers()
         self._timer.stop()
-        for worker in (self._worker, self._downloader):
-            if worker is not None:
-                worker.close()
+        shared.close()
+        if self._downloader is not None:
+            self._downloader.close()
         for shortcut in self._shortcuts:
             shortcut.setParent(None)
         self._shortcuts = []
@@ -274,7 +275,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @staticmethod
     def _downloadWeights(model):
-        from FastMedSAMLib.weights import ensure_weights
+        from FastMedSAMLib.weights.store import ensure_weights
 
         return ensure_weights(model, progress=False)
 
@@ -447,9 +448,8 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _submit(self, request):
         if not self._ensureReady(request.model):
             return
-        if self._worker is None:
-            self._worker = PredictionWorker(self.logic.predict)
-        self._worker.submit(request)
+        self._worker = shared.shared_worker(slicer.mrmlScene)
+        self._worker.submit(request, owner=OWNER)
         if self._busySince is None:
             self._busySince = time.monotonic()
         if not self._waitCursor:
@@ -459,7 +459,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _poll(self):
         if self._worker is not None:
-            for outcome in self._worker.poll():
+            for outcome in self._worker.poll(OWNER):
                 if outcome.error is not None:
                     self._showError(outcome.error)
                     continue
@@ -563,7 +563,7 @@ class FastMedSAMTest(ScriptedLoadableModuleTest):
         if missing:
             self.delayDisplay(f"FastMedSAM self-test skipped: install {', '.join(r.package for r in missing)} first")
             return
-        from FastMedSAMLib.weights import ensure_weights
+        from FastMedSAMLib.weights.store import ensure_weights
 
         ensure_weights(bodies.MODEL, progress=False)
         volumesLogic = slicer.modules.volumes.logic()

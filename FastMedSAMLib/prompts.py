@@ -1,6 +1,6 @@
 """Prompt types. All coordinates are voxel indices (x = column i, y = row j, z = slice k), boxes inclusive.
 
-World-space prompts (LPS / RAS) are converted to these with `FastMedSAMLib.geometry` before they reach a Session.
+World-space prompts (LPS / RAS) are converted to these with `FastMedSAMLib.io.geometry` before they reach a Session.
 """
 from __future__ import annotations
 

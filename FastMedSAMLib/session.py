@@ -6,51 +6,24 @@ model's engine, caches embeddings, and reports per-stage timings in milliseconds
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from .cache import EmbeddingCache
+from .api import STAGES, Prediction
+from .engines.cache import EmbeddingCache
+from .engines.slice_engine import SliceEngine
 from .errors import ImageError, PromptError
-from .imageio import Image, read_image
-from .intensity import to_uint8
+from .io.images import Image, read_image
+from .io.intensity import to_uint8
 from .models import load_model, slice_adapter
 from .prompts import Box, Box3D, Point, points_to_box
-from .registry import get_spec
-from .slice_engine import STAGES, SliceEngine
+from .runtime.device import resolve_device
+from .weights.registry import get_spec
 
 ImageInput = Union[np.ndarray, str, Path, Image]
-
-
-@dataclass
-class Prediction:
-    mask: np.ndarray  # (H, W) for a 2D box, (Z, Y, X) for a 3D box or a 3D point model
-    timings: Dict[str, float]  # ms per stage: preprocess, encode (0 on a cache hit), decode, postprocess, total
-    slice_index: Optional[int] = None
-    z_range: Optional[Tuple[int, int]] = None
-    encoder_calls: int = 0
-    iou: float = float("nan")
-    prompt: Dict[str, object] = field(default_factory=dict)
-    # token pausing: fraction of tokens paused per encoder block (mean over the slices used), None when pause = 0
-    paused_by_block: Optional[List[float]] = None
-
-    @property
-    def paused_fraction(self) -> float:
-        """Fraction of the encoder's block-token computations that token pausing skipped (0 for the plain model)."""
-        blocks = self.paused_by_block
-        return float(sum(blocks) / len(blocks)) if blocks else 0.0
-
-
-def resolve_device(device: Union[str, torch.device]) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use device='cpu' or 'auto'")
-    return resolved
 
 
 class Session:
@@ -84,7 +57,7 @@ class Session:
         self.cache = EmbeddingCache(int(cache_mb * 2**20))
         self.net = load_model(model, self.device, weights)
         if self.spec.dimensionality == "3D":
-            from .crop_engine import CropEngine
+            from .engines.crop_engine import CropEngine
 
             self._engine: Union[SliceEngine, "CropEngine"] = CropEngine(self.net, self.device, self.cache)
         else:
@@ -271,4 +244,4 @@ class Session:
         self.cache.clear()
 
 
-__all__ = ["Session", "Prediction", "STAGES", "resolve_device"]
+__all__ = ["Session", "Prediction", "STAGES"]

@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from slicer import util
 
+from FastMedSAMLib.api import Prediction, SessionLike
 from FastMedSAMLib.errors import FastMedSAMError, ImageError, PromptError
 from FastMedSAMLib.prompts import Box, Box3D, Point
+from FastMedSAMLib.timing import ms_since
 
 from . import prompt_nodes, segment_io
 from .geometry import ijk_to_local, ijk_to_world, lps_geometry, parent_to_world
@@ -26,17 +28,13 @@ from .parameters import Parameters
 from .segment_io import Region, read_region, write_region
 from .undo import UndoStack, UndoState
 
-SessionFactory = Callable[[str, str], object]  # (model, device) -> FastMedSAMLib.Session
+SessionFactory = Callable[[str, str], SessionLike]  # (model, device) -> a Session (local) or a RemoteSession
 
 
-def _default_session_factory(model: str, device: str):
+def _default_session_factory(model: str, device: str) -> SessionLike:
     from FastMedSAMLib import Session
 
     return Session(model=model, device=device)
-
-
-def _ms_since(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
 
 
 def resolve_pause(model: str, pause: float) -> Tuple[float, str]:
@@ -75,7 +73,7 @@ class Request:
     is_2d_image: bool  # a one-slice volume goes to the Session as a 2D image
     prompt_key: tuple  # which prompt nodes produced it: a re-run with the same ones refines the pending result
     prompt_region: Region
-    box: Optional[object] = None  # Box or Box3D, voxel indices
+    box: Optional[Union[Box, Box3D]] = None  # voxel indices
     points: Optional[List[Point]] = None
     slice_index: Optional[int] = None
     image: Optional[ImagePayload] = None
@@ -86,14 +84,14 @@ class Request:
 
 @dataclass
 class SessionOutcome:
-    prediction: object  # FastMedSAMLib.Prediction
+    prediction: Prediction
     device: str
     set_image_ms: float
 
 
 @dataclass
 class SegmentResult:
-    prediction: object  # FastMedSAMLib.Prediction
+    prediction: Prediction
     region: Region  # where the segment was rewritten (volume voxel indices)
     timings: Dict[str, float]  # the Session's per-stage ms
     logic_timings: Dict[str, float]  # the Logic's own ms: extract, set_image, prompts, write, total
@@ -122,7 +120,7 @@ class FastMedSAMLogic:
     ) -> None:
         self.scene = scene
         self._session_factory = session_factory
-        self._sessions: Dict[Tuple[str, str], object] = {}
+        self._sessions: Dict[Tuple[str, str], SessionLike] = {}
         self._loaded_image: Dict[Tuple[str, str], tuple] = {}  # (model, device) -> image_key set in that Session
         self.history = TimingHistory(history_size)
         self.undo_stack = UndoStack(undo_depth)
@@ -177,7 +175,7 @@ class FastMedSAMLogic:
             matrix = ijk_to_world(volume) if parent_to_world(volume) is not None else ijk_to_local(volume)
             spacing, origin, direction = lps_geometry(matrix)
             image = ImagePayload(np.array(array[0] if shape_kji[0] == 1 else array), spacing, origin, direction)
-        extract_ms = _ms_since(start)
+        extract_ms = ms_since(start)
         prompt_key = (kind, tuple(sorted(n.GetID() for n in prompt_nodes_used)), slice_index)
         return Request(
             kind=kind, model=model, device=device, volume_id=volume.GetID(), segmentation_id=segmentation.GetID(),
@@ -203,7 +201,7 @@ class FastMedSAMLogic:
             request.kind, request.slice_index, box = "slice", 0, box.slice_box(0)
         request.box = box
         request.prompt_region = self._box_region(box, request.shape_kji)
-        request.logic_ms["prompts"] = _ms_since(start)
+        request.logic_ms["prompts"] = ms_since(start)
         return request
 
     def prepare_slice(self, volume, prompt_nodes_used: Sequence, segmentation, segment_id: str, slice_index: int,
@@ -231,7 +229,7 @@ class FastMedSAMLogic:
             point_region = self._points_region(points, int(slice_index), request.shape_kji)
             region = point_region if region is None else region.union(point_region)
         request.prompt_region = region
-        request.logic_ms["prompts"] = _ms_since(start)
+        request.logic_ms["prompts"] = ms_since(start)
         return request
 
     def prepare_points(self, volume, prompt_nodes_used: Sequence, segmentation, segment_id: str,
@@ -248,7 +246,7 @@ class FastMedSAMLogic:
         region = self._points_region(points, 0, request.shape_kji)
         request.points = points
         request.prompt_region = Region(max(min(zs), 0), min(max(zs), depth - 1), region.j0, region.j1, region.i0, region.i1)
-        request.logic_ms["prompts"] = _ms_since(start)
+        request.logic_ms["prompts"] = ms_since(start)
         return request
 
     @staticmethod
@@ -274,7 +272,7 @@ class FastMedSAMLogic:
             payload = request.image
             session.set_image(payload.array, spacing=payload.spacing, origin=payload.origin, direction=payload.direction)
             self._loaded_image[(request.model, request.device)] = request.image_key
-            set_image_ms = _ms_since(start)
+            set_image_ms = ms_since(start)
         elif self._loaded_image.get((request.model, request.device)) != request.image_key:
             raise FastMedSAMError("the image changed since this prompt was prepared; prompt again")
         session.set_pause(request.pause)  # the same Session (weights, cached embeddings) at another knob
@@ -305,7 +303,7 @@ class FastMedSAMLogic:
         write_region(segmentation, request.segment_id, volume, region, new)
         self.undo_stack.push(UndoState(segmentation.GetID(), request.segment_id, volume.GetID(), region, current,
                                        prompt_key=request.prompt_key))
-        return self.record(request, outcome, region, _ms_since(start))
+        return self.record(request, outcome, region, ms_since(start))
 
     def record(self, request: Request, outcome: SessionOutcome, region: Region, write_ms: float) -> SegmentResult:
         """Timings of one prediction: kept in the history, formatted for the overlay."""
@@ -394,12 +392,6 @@ class FastMedSAMLogic:
         """3D ROI -> slice-by-slice propagation (2D box models) or a 3D prediction; one undo state.
         `pause` in [0, 1]: token pausing (0 = the plain model, higher = faster encoding, less exact)."""
         request = self.prepare_box(volumeNode, roiNode, segmentationNode, segmentId, model, device, pause)
-        return self.apply(request, self.predict(request))
-
-    def segment_points(self, volumeNode, promptNodes: Sequence, segmentationNode, segmentId: str, model: str,
-                       device: str = "auto", pause: float = 0.0) -> SegmentResult:
-        """Include / exclude points -> a 3D mask from a 3D point model; one undo state."""
-        request = self.prepare_points(volumeNode, promptNodes, segmentationNode, segmentId, model, device, pause)
         return self.apply(request, self.predict(request))
 
     def segment_slice(self, volumeNode, promptNodes: Sequence, segmentationNode, segmentId: str, sliceIndex: int,

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
-from FastMedSAMLib.registry import ModelSpec, get_spec, list_specs
+from FastMedSAMLib.weights.registry import ModelSpec, get_spec, list_specs
 
 # panel tool -> the registry prompt type it produces
 TOOLS: Dict[str, str] = {"include_point": "point", "exclude_point": "point", "box_2d": "box", "roi_3d": "box"}
@@ -44,7 +44,7 @@ class ModelInfo:
 
 def model_info(spec: ModelSpec) -> ModelInfo:
     try:
-        from FastMedSAMLib.weights import cache_state
+        from FastMedSAMLib.weights.store import cache_state
 
         state = cache_state(spec.name)
     except ImportError:  # inside Slicer before the Python dependencies are installed
@@ -59,11 +59,6 @@ def model_info(spec: ModelSpec) -> ModelInfo:
         weights_state=state,
         downloadable=any(source.auto for source in spec.sources),
     )
-
-
-def catalog() -> List[ModelInfo]:
-    """Every segmentation model of the registry (pause heads are an option of their base model, not a model)."""
-    return [model_info(spec) for spec in list_specs() if spec.role == "model"]
 
 
 def tool_states(model: str) -> Dict[str, Tuple[bool, str]]:

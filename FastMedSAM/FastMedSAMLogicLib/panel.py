@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-from FastMedSAMLib.registry import get_spec
+from FastMedSAMLib.weights.registry import get_spec
 
 from .model_catalog import TOOL_LABELS, ModelInfo, pause_state, propagates, tool_states
 

@@ -3,6 +3,8 @@
 The GUI submits requests and polls for outcomes from its own (main) thread, where MRML may be touched; the
 worker only runs `run(request)`, which must not touch MRML. A request submitted while another waits replaces
 it; a result whose request was superseded while running is dropped. Exceptions come back as outcomes.
+Several consumers (the module panel and the Segment Editor effect) share one worker: each submits under its own
+`owner` name and polls only its own outcomes.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Callable, List, Optional
 class Outcome:
     ticket: int
     request: Any
+    owner: str = ""
     result: Any = None
     error: Optional[BaseException] = None
 
@@ -31,21 +34,22 @@ class PredictionWorker:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, request: Any) -> int:
-        """Queue `request`, superseding any request not finished yet; returns its ticket."""
+    def submit(self, request: Any, owner: str = "") -> int:
+        """Queue `request` for `owner`, superseding any request not finished yet (whoever sent it); its ticket."""
         with self._condition:
             if self._closed:
                 raise RuntimeError("the prediction worker is closed")
             self._latest += 1
-            self._pending = (self._latest, request)
+            self._pending = (self._latest, request, owner)
             self._condition.notify()
             return self._latest
 
-    def poll(self) -> List[Outcome]:
-        """Outcomes ready since the last poll (only the newest request's; superseded ones are dropped)."""
+    def poll(self, owner: str = "") -> List[Outcome]:
+        """`owner`'s outcomes ready since its last poll (only the newest request's; superseded ones are dropped)."""
         with self._condition:
-            outcomes, self._outcomes = self._outcomes, []
-        return outcomes
+            mine = [o for o in self._outcomes if o.owner == owner]
+            self._outcomes = [o for o in self._outcomes if o.owner != owner]
+        return mine
 
     @property
     def busy(self) -> bool:
@@ -69,10 +73,10 @@ class PredictionWorker:
                 self._condition.wait_for(lambda: self._pending is not None or self._closed)
                 if self._closed:
                     return
-                ticket, request = self._pending
+                ticket, request, owner = self._pending
                 self._pending = None
                 self._running = ticket
-            outcome = Outcome(ticket, request)
+            outcome = Outcome(ticket, request, owner)
             try:
                 outcome.result = self._run(request)
             except BaseException as error:  # reported to the GUI, never lost in the thread

@@ -11,6 +11,7 @@ import numpy as np
 import vtk
 
 from FastMedSAMLib.errors import FastMedSAMError, PromptError
+from FastMedSAMLib.evaluation.metrics import dice
 from FastMedSAMLogicLib import FastMedSAMLogic
 from FastMedSAMLogicLib.geometry import world_to_ijk
 from FastMedSAMLogicLib.overlay import format_overlay
@@ -20,7 +21,12 @@ from FastMedSAMLogicLib.segment_io import Region, write_region
 from FastMedSAMLogicLib.worker import PredictionWorker
 
 from .scenario import (
-    LesionScene, add_points, add_roi_around, dice, place_roi, segment_array, segment_world_centroid,
+    LesionScene,
+    add_points,
+    add_roi_around,
+    place_roi,
+    segment_array,
+    segment_world_centroid,
 )
 
 MODEL = "litemedsam"

@@ -119,12 +119,6 @@ def add_points(scene, lesion: LesionScene, voxels, role: str, name: str):
     return node
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
-
-
 def segment_array(scene, segmentations_logic, segmentation, segment_id: str, reference_volume) -> np.ndarray:
     """The segment exported by Slicer itself into a labelmap on the reference volume's grid, (K, J, I) bool."""
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "export")

@@ -13,17 +13,19 @@ import slicer
 import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-from FastMedSAMLogicLib import segment_io  # also puts FastMedSAMLib on sys.path
-from FastMedSAMLib.errors import FastMedSAMError, PromptError
-from FastMedSAMLib.registry import get_spec, list_specs
-from FastMedSAMLogicLib import dependencies
-from FastMedSAMLogicLib.logic import FastMedSAMLogic
-from FastMedSAMLogicLib.model_catalog import model_info
-from FastMedSAMLogicLib.parameters import Parameters
-from FastMedSAMLogicLib.prompt_nodes import EXCLUDE, INCLUDE, set_role
-from FastMedSAMLogicLib.worker import PredictionWorker
+from FastMedSAMLogicLib.libpath import ensure_engine_importable
+
+ensure_engine_importable()
+
+from FastMedSAMLib.errors import FastMedSAMError, PromptError  # noqa: E402
+from FastMedSAMLib.weights.registry import get_spec, list_specs  # noqa: E402
+from FastMedSAMLogicLib import dependencies, segment_io, shared  # noqa: E402
+from FastMedSAMLogicLib.model_catalog import model_info  # noqa: E402
+from FastMedSAMLogicLib.parameters import Parameters  # noqa: E402
+from FastMedSAMLogicLib.prompt_nodes import EXCLUDE, INCLUDE, set_role  # noqa: E402
 
 TOOLS = ("include", "exclude", "box")
+OWNER = "segment-editor"  # its name on the shared prediction channel
 POLL_MS = 50
 
 
@@ -185,9 +187,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             model = self.modelComboBox.currentText
             if not self.ensureReady(model):
                 return
-            if self.logic is None:
-                self.logic = FastMedSAMLogic(slicer.mrmlScene)
-                self.worker = PredictionWorker(self.logic.predict, name="FastMedSAM-effect")
+            # the module panel's Logic and prediction channel: one model loaded, one request in flight
+            self.logic = shared.shared_logic(slicer.mrmlScene)
+            self.worker = shared.shared_worker(slicer.mrmlScene)
             pause = Parameters.get_or_create(slicer.mrmlScene).pause  # the module panel's speed <-> accuracy knob
             roi = self.nodes.get("box")
             hasBox = roi is not None and roi.GetScene() is not None and roi.GetNumberOfControlPoints() > 0
@@ -206,7 +208,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                     raise PromptError("drag a box on the middle slice first")
                 request = self.logic.prepare_box(volume, self.extendedBox(volume, roi), segmentation, segmentId,
                                                  model, "auto", pause)
-            self.worker.submit(request)
+            self.worker.submit(request, owner=OWNER)
             if not self.timer.isActive():
                 qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
                 self.timer.start()
@@ -228,7 +230,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return box3d
 
     def poll(self):
-        for outcome in self.worker.poll():
+        for outcome in self.worker.poll(OWNER):
             if outcome.error is not None:
                 self.showError(outcome.error)
                 continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .eval import default_manifest, emit, float_list, name_list, positive_int
+from .arguments import add_device, add_manifest, add_pause, emit, name_list, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,22 +20,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models = p.add_mutually_exclusive_group()
     models.add_argument("--model", dest="models", type=lambda t: [t], help="one registry model (default litemedsam)")
     models.add_argument("--models", dest="models", type=name_list, help="comma-separated registry models")
-    p.add_argument("--pause", type=float_list, default=[0.0], help="token-pause knob values in [0, 1], e.g. 0,0.25,0.5,0.75,1 (default 0 = the plain model)")
+    add_pause(p, several=True)
     p.add_argument("--repeats", type=positive_int, default=5, help="repeats; medians are reported (default 5)")
     p.add_argument(
         "--weights", choices=("official", "recipe"), default="official",
         help="official: the cached verified weights; recipe: deterministic parity weights (speed only)",
     )
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's own)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    p.add_argument("--manifest", type=Path, default=default_manifest(), help="manifest.json giving the CT volumes")
+    add_device(p)
+    add_manifest(p, "the CT volumes")
     p.add_argument("--out", type=Path, help="write the JSON report here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run, models=None)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import bench, markdown
+    from ..evaluation.bench import bench, markdown
 
     report = bench(
         args.models or ["litemedsam"],

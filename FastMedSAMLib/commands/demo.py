@@ -23,11 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..imageio import read_image, write_mask
+    from ..io.images import read_image, write_mask
     from ..prompts import Box
-    from ..registry import default_model
     from ..session import Session
-    from ..weights import ensure_weights
+    from ..weights.registry import default_model
+    from ..weights.store import ensure_weights
 
     path = ensure_weights(DEMO_SAMPLE)
     image = read_image(path)

@@ -2,49 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
-
-def emit(report: dict, table: str, out: Optional[Path]) -> int:
-    """Write the JSON report (if asked) and print its markdown table."""
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1), encoding="utf-8")
-    print(table)
-    return 0
-
-
-def default_manifest() -> Path:
-    shared = os.environ.get("FASTMEDSAM_SHARED")
-    root = Path(shared) if shared else Path(__file__).resolve().parents[3] / "shared"
-    return root / "data" / "manifest.json"
-
-
-def float_list(text: str) -> List[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"pause values are knob settings in [0, 1], got {text!r}")
-    return values
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def name_list(text: str) -> List[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+from .arguments import add_device, add_manifest, add_pause, emit, name_list, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "a markdown table beside the LiteMedSAM reference numbers."
         ),
     )
-    p.add_argument("--manifest", type=Path, default=default_manifest(), help="manifest.json (default: ../shared/data)")
+    add_manifest(p)
     p.add_argument("--model", help="registry model name (default: litemedsam; clicks3d: the installed 3D model)")
     p.add_argument("--protocol", choices=("box", "clicks3d"), default="box",
                    help="box: CVPR24 box protocol (default); clicks3d: FastSAM3D/SAM-Med3D clicks on the 3D cases")
@@ -71,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--instances-per-image", type=positive_int,
         help="sample N instances per image in the instance datasets (default: the reference's 60, EM 100)",
     )
-    p.add_argument("--pause", type=float_list, default=[0.0], help="token-pause knob values in [0, 1], e.g. 0,0.25,0.5 (default 0 = the plain model)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    add_pause(p, several=True)
+    add_device(p)
     p.add_argument("--out", type=Path, help="write the JSON report here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -80,11 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.protocol == "clicks3d":
-        from ..clicks3d import run_cli
+        from ..evaluation.clicks3d import run_cli
 
         return run_cli(args)
-    from ..evaluate import evaluate, markdown
-    from ..manifest import INSTANCES_PER_IMAGE
+    from ..evaluation.box_protocol import evaluate, markdown
+    from ..io.manifest import INSTANCES_PER_IMAGE
 
     caps: Optional[dict] = None
     if args.instances_per_image is not None:

@@ -51,8 +51,8 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ..registry import default_model, list_specs
-    from ..weights import cache_dir, cache_state
+    from ..weights.registry import default_model, list_specs
+    from ..weights.store import cache_dir, cache_state
 
     default = default_model()
     rows: List[Sequence[str]] = [("NAME", "FAMILY", "DIM", "PROMPTS", "INPUT", "LICENCE", "WEIGHTS")]
@@ -73,7 +73,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_pull(args: argparse.Namespace) -> int:
     from ..errors import WeightsError
-    from ..weights import fetch_weights, verify, weights_path
+    from ..weights.store import fetch_weights, verify, weights_path
 
     path = weights_path(args.name, args.source)
     if path.is_file() and not args.force:
@@ -94,8 +94,8 @@ def run_pull(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     from ..errors import WeightsError
-    from ..registry import list_specs
-    from ..weights import verify, weights_path
+    from ..weights.registry import list_specs
+    from ..weights.store import verify, weights_path
 
     names = [args.name] if args.name else [s.name for s in list_specs() if weights_path(s.name).is_file()]
     if not names:
@@ -112,7 +112,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_path(args: argparse.Namespace) -> int:
-    from ..weights import weights_path
+    from ..weights.store import weights_path
 
     print(weights_path(args.name, args.source))
     return 0

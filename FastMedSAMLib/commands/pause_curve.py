@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List
 
-from .eval import default_manifest, name_list, positive_int
+from .arguments import add_manifest, pause_list, positive_int
 
 OUTPUTS = (".md", ".json", ".png")
 
@@ -23,42 +22,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--eval", type=Path, required=True, metavar="EVAL_JSON",
                    help="JSON of `fastmedsam eval --pause 0,...` (box protocol) giving DSC/NSD per knob")
-    p.add_argument("--pause", type=name_list, default=["0.25", "0.5", "0.75", "1"],
+    p.add_argument("--pause", type=pause_list, default=[0.25, 0.5, 0.75, 1.0],
                    help="knob values in [0, 1] to time (default 0.25,0.5,0.75,1; pause 0 is always timed)")
     p.add_argument("--repeats", type=positive_int, default=3, help="timing repeats; medians are reported (default 3)")
     p.add_argument("--slices", type=positive_int, help="time on the first N reference slices only (default: all)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's own)")
-    p.add_argument("--manifest", type=Path, default=default_manifest(), help="manifest.json giving the slices")
+    add_manifest(p, "the slices")
     p.add_argument("--out", type=Path, default=Path("out/pause/litemedsam"),
                    help="prefix of the .md/.json/.png outputs (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no per-repeat timings on stderr")
     p.set_defaults(func=run)
 
 
-def knobs(values: List[str]) -> List[float]:
-    """--pause values as validated knobs (PauseError names the bad one)."""
-    from ..pause import PauseError, validate_pause
-
-    out = []
-    for text in values:
-        try:
-            value = float(text)
-        except ValueError:
-            raise PauseError(f"--pause {text!r}: expected numbers in [0, 1] separated by commas") from None
-        out.append(validate_pause(value))
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     from ..pause.report import accuracy, build, load_eval, measure_speed, write
 
-    pauses = knobs(args.pause)
     acc = accuracy(load_eval(args.eval))  # before the timing: a bad eval file fails at once
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    speed = measure_speed(pauses, args.manifest, args.repeats, slices=args.slices, progress=not args.quiet)
+    speed = measure_speed(args.pause, args.manifest, args.repeats, slices=args.slices, progress=not args.quiet)
     prefix = args.out.with_suffix("") if args.out.suffix in OUTPUTS else args.out
     text, paths = write(build(speed, acc, args.eval), prefix)
     print(text)

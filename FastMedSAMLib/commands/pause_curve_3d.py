@@ -5,8 +5,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from .eval import default_manifest, emit, name_list, positive_int
-from .pause_curve import knobs
+from .arguments import add_manifest, emit, pause_list, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,11 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", default="fastsam3d", choices=("fastsam3d", "sam-med3d-turbo"))
-    p.add_argument("--pause", type=name_list, default=["0.25", "0.5", "0.75", "1"],
+    p.add_argument("--pause", type=pause_list, default=[0.25, 0.5, 0.75, 1.0],
                    help="knob values in [0, 1] (default 0.25,0.5,0.75,1; the plain encoder is always timed)")
     p.add_argument("--repeats", type=positive_int, default=3, help="timing repeats; medians are reported (default 3)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's own)")
-    p.add_argument("--manifest", type=Path, default=default_manifest(), help="manifest.json giving the CT volume")
+    add_manifest(p, "the CT volume")
     p.add_argument("--parity", type=Path, help="parity fixtures folder (default: beside the manifest's data folder)")
     p.add_argument("--out", type=Path, help="write the JSON report here")
     p.set_defaults(func=run)
@@ -33,14 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import recipe_checkpoint
+    from ..evaluation.bench import recipe_checkpoint
     from ..pause.vit3d_curve import measure_vit3d_speed, table
 
-    pauses = knobs(args.pause)
     if args.threads:
         torch.set_num_threads(args.threads)
     parity = args.parity or args.manifest.resolve().parent.parent / "parity"
     with tempfile.TemporaryDirectory(prefix="fastmedsam-pause3d-") as scratch:
         weights = recipe_checkpoint(args.model, parity, Path(scratch))
-        report = measure_vit3d_speed(args.model, weights, pauses, args.manifest, args.repeats)
+        report = measure_vit3d_speed(args.model, weights, args.pause, args.manifest, args.repeats)
     return emit(report, table(report), args.out)

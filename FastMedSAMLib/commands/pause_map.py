@@ -7,6 +7,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .arguments import pause_value
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -20,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image", type=Path, help="NIfTI, NRRD, MHA, DICOM, PNG, JPG, TIFF or CVPR24 .npz")
     p.add_argument("--slice", type=int, help="slice index k of a volume (default: the middle slice)")
-    p.add_argument("--pause", default="0.5", help="token-pause knob in (0, 1] (default 0.5)")
+    p.add_argument("--pause", type=pause_value, default=0.5, help="token-pause knob in (0, 1] (default 0.5)")
     p.add_argument("--model", default="litemedsam", help="a model with pause heads (default litemedsam)")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.set_defaults(func=run)
@@ -28,10 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_slice(path: Path, index: Optional[int]) -> Tuple[np.ndarray, str]:
     """(H, W, 3) uint8 slice of `path` through the Session's intensity rule, and a short description of it."""
+    from ..engines.slice_engine import to_rgb
     from ..errors import ImageError
-    from ..imageio import read_image
-    from ..intensity import to_uint8
-    from ..slice_engine import to_rgb
+    from ..io.images import read_image
+    from ..io.intensity import to_uint8
 
     image = read_image(path)
     u8 = to_uint8(image)
@@ -48,14 +50,10 @@ def load_slice(path: Path, index: Optional[int]) -> Tuple[np.ndarray, str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..models import load_model
-    from ..pause import PauseError, heads_entry, paused_encoder, validate_pause
+    from ..pause import PauseError, heads_entry, paused_encoder
     from ..pause.visualize import save_pause_map
 
-    try:
-        value = float(args.pause)
-    except ValueError:
-        raise PauseError(f"--pause {args.pause!r}: expected a number in (0, 1]") from None
-    pause = validate_pause(value)
+    pause = args.pause
     if pause == 0.0:
         raise PauseError("--pause 0 is the plain model and pauses nothing: give a value in (0, 1]")
     heads_entry(args.model)  # PauseError naming the models with heads

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
+from .arguments import add_device, add_pause
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -27,17 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="registry model name (default: the registry's default, litemedsam)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    add_device(p)
     p.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), help="intensity window (CT default -160 240)")
     p.add_argument("--name", default="segment", help="segment name written into .seg.nrrd")
-    p.add_argument("--pause", type=float, default=0.0,
-                   help="token-pausing knob in [0, 1]: 0 = the plain model (default), higher = faster, less exact")
+    add_pause(p)
 
 
 def parse_box(image, values: Sequence[float], space: str, three_d: bool):
     """The CLI's box numbers -> a voxel-index Box / Box3D (world corners are converted exactly)."""
     from ..errors import PromptError
-    from ..geometry import world_box_to_index
+    from ..io.geometry import world_box_to_index
     from ..prompts import Box, Box3D
 
     if space != "ijk":
@@ -89,9 +90,9 @@ def report(session, prediction, mask, out: Optional[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..imageio import read_image, write_mask
-    from ..registry import default_model
+    from ..io.images import read_image, write_mask
     from ..session import Session
+    from ..weights.registry import default_model
 
     image = read_image(args.image)
     session = Session(model=args.model or default_model(), device=args.device, pause=args.pause)

@@ -5,10 +5,10 @@ import argparse
 import subprocess
 from pathlib import Path
 
+from .arguments import add_manifest, positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .eval import default_manifest, positive_int
-
     p = subparsers.add_parser(
         "train-pause",
         help="train the token-pause heads of an encoder without labels (minutes on a CPU)",
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", default="litemedsam", choices=["litemedsam"], help="encoder to train heads for")
-    p.add_argument("--manifest", type=Path, default=default_manifest(), help="manifest.json (default: ../shared/data)")
+    add_manifest(p)
     p.add_argument("--out", type=Path, required=True, help="heads file to write, e.g. models/litemedsam-pause-heads.pt")
     p.add_argument("--seed", type=int, default=0, help="seed for slice choice, augmentation, sampling and training")
     p.add_argument("--slices", type=positive_int, default=200, help="training slices (default 200)")

@@ -56,7 +56,7 @@ def load_model(
     """Build `name`, load its verified checkpoint (strict), move to `device`, switch to eval mode.
 
     Order matters: TinyViT caches its attention biases on `eval()`, so weights are loaded first."""
-    from ..weights import ensure_weights
+    from ..weights.store import ensure_weights
     from .checkpoint import load_checkpoint
 
     model = build_model(name)

@@ -9,22 +9,16 @@ plain model untouched), else a `PausedEncoder` (callable: (B, 3, 256, 256) -> em
 """
 from __future__ import annotations
 
-import math
-import numbers
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from ..errors import FastMedSAMError
-
-
-
-class PauseError(FastMedSAMError, ValueError):
-    """A bad pause knob value, or token pausing asked of a model that has no pause heads."""
+from ..errors import PauseError
+from .knob import validate_pause
 
 
 def pausable_models() -> Dict[str, str]:
     """model -> the registry entry of its pause heads (entries with role "pause-heads" name their `base` model)."""
-    from ..registry import list_specs
+    from ..weights.registry import list_specs
 
     return {spec.base: spec.name for spec in list_specs() if spec.role == "pause-heads" and spec.base}
 
@@ -42,19 +36,9 @@ def heads_entry(model: str) -> str:
     return heads[model]
 
 
-def validate_pause(pause: Any) -> float:
-    """The knob as a float in [0, 1]; anything else raises PauseError saying what was wrong (no torch needed)."""
-    if isinstance(pause, bool) or not isinstance(pause, numbers.Real):
-        raise PauseError(f"pause must be a number in [0, 1] (0 = the plain model), got {pause!r}")
-    value = float(pause)
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise PauseError(f"pause must be in [0, 1] (0 = the plain model, 1 = pause the most), got {pause!r}")
-    return value
-
-
 def heads_path(model: str) -> Path:
     """The verified pause heads file of `model` (sha256-checked against the registry)."""
-    from ..weights import ensure_weights
+    from ..weights.store import ensure_weights
 
     return ensure_weights(heads_entry(model))
 
@@ -62,7 +46,7 @@ def heads_path(model: str) -> Path:
 def load_pause_heads(model: str, path: Optional[Union[str, Path]] = None):
     """Pause heads of `model`: the registry's committed file (sha256-verified), or the file at `path`, which
     must then match the registry's sha256 too (so a tampered copy is refused wherever it lies)."""
-    from ..registry import get_spec
+    from ..weights.registry import get_spec
     from .heads import load_heads
 
     spec = get_spec(heads_entry(model))

@@ -17,8 +17,8 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..intensity import to_uint8
-from ..manifest import Entry, load_image, load_label, read_manifest
+from ..io.intensity import to_uint8
+from ..io.manifest import Entry, load_image, load_label, read_manifest
 
 WHOLE_VOLUMES = ("mr_brain_voxelmorph", "mr_mni152_nilearn", "ct_dcmqi_3slice")
 OUTSIDE_LABELS = ("mr_la_heart", "ct_deeplesion_medsam2", "mr_pyradiomics")

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from ..models.tinyvit import TinyViT
-from . import validate_pause
 from .heads import PauseHeads
+from .knob import validate_pause
 from .tinyvit_paused import PausedTinyViT, PauseStats
 
 

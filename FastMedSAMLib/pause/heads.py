@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from . import validate_pause
+from .knob import validate_pause
 
 FORMAT = "fastmedsam-pause-heads"
 VERSION = 1

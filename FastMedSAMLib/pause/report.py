@@ -46,10 +46,10 @@ def knob_key(pause: float) -> str:
 def reference_slices(manifest: Path, limit: Optional[int] = None) -> List[Tuple[str, np.ndarray]]:
     """(dataset, uint8 RGB slice): the first image of each 2D reference dataset, the middle slice of the first
     volume of each 3D one, in manifest order; the first `limit` of them when given."""
-    from ..evaluate import REFERENCE
-    from ..intensity import to_uint8
-    from ..manifest import load_image, read_manifest
-    from ..slice_engine import to_rgb
+    from ..engines.slice_engine import to_rgb
+    from ..evaluation.box_protocol import REFERENCE
+    from ..io.intensity import to_uint8
+    from ..io.manifest import load_image, read_manifest
 
     seen, out = set(), []
     for entry in read_manifest(manifest):

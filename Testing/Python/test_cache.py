@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from FastMedSAMLib.cache import EmbeddingCache
+from FastMedSAMLib.engines.cache import EmbeddingCache
 
 MB = 2**20
 

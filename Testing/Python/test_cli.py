@@ -7,9 +7,9 @@ import pytest
 import SimpleITK as sitk
 
 from FastMedSAMLib.cli import main
-from FastMedSAMLib.geometry import index_to_ras
-from FastMedSAMLib.imageio import read_image, read_label
-from FastMedSAMLib.metrics import dice
+from FastMedSAMLib.evaluation.metrics import dice
+from FastMedSAMLib.io.geometry import index_to_ras
+from FastMedSAMLib.io.images import read_image, read_label
 
 # A non-identity direction (axes swapped and flipped) and anisotropic spacing, so that any confusion of index,
 # LPS and RAS moves the box.

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scipy.ndimage import distance_transform_edt
 
-from FastMedSAMLib import clicks3d
-from FastMedSAMLib.clicks3d import DEEP_CLICKS, Click, next_click, run_clicks3d, summarise_dice
-from FastMedSAMLib.crop_engine import CanonicalGrid, grid_array, to_sitk
+from FastMedSAMLib.engines.crop_engine import CanonicalGrid, grid_array, to_sitk
 from FastMedSAMLib.errors import FastMedSAMError, WeightsError
-from FastMedSAMLib.manifest import iter_cases, read_manifest
+from FastMedSAMLib.evaluation import clicks3d
+from FastMedSAMLib.evaluation.clicks3d import DEEP_CLICKS, Click, next_click, run_clicks3d, summarise_dice
+from FastMedSAMLib.io.manifest import iter_cases, read_manifest
 
 SHAPE = (40, 44, 48)
 

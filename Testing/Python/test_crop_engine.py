@@ -9,10 +9,17 @@ import pytest
 import torch
 
 from FastMedSAMLib import Box, Box3D, Point, Session
-from FastMedSAMLib.crop_engine import CROP, SPACING_MM, CanonicalGrid, image_to_sitk, paste_back, zscore_positive
+from FastMedSAMLib.engines.crop_engine import (
+    CROP,
+    SPACING_MM,
+    CanonicalGrid,
+    image_to_sitk,
+    paste_back,
+    zscore_positive,
+)
 from FastMedSAMLib.errors import PromptError
-from FastMedSAMLib.geometry import index_to_lps, lps_to_index
-from FastMedSAMLib.imageio import Image
+from FastMedSAMLib.io.geometry import index_to_lps, lps_to_index
+from FastMedSAMLib.io.images import Image
 from FastMedSAMLib.models.recipe import recipe_state_dict
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])

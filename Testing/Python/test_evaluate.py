@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from FastMedSAMLib.cli import main
-from FastMedSAMLib.evaluate import REFERENCE, evaluate, markdown
-from FastMedSAMLib.manifest import load_label, read_manifest, tight_box
+from FastMedSAMLib.evaluation.box_protocol import REFERENCE, evaluate, markdown
+from FastMedSAMLib.io.manifest import load_label, read_manifest, tight_box
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from FastMedSAMLib import geometry
-from FastMedSAMLib.errors import PromptError
-from FastMedSAMLib.imageio import Image, read_image
-from FastMedSAMLib.prompts import Box3D
-
 from test_imageio import OBLIQUE, ORIGIN, SPACING
+
+from FastMedSAMLib.errors import PromptError
+from FastMedSAMLib.io import geometry
+from FastMedSAMLib.io.images import Image, read_image
+from FastMedSAMLib.prompts import Box3D
 
 SHAPE_ZYX = (9, 11, 13)
 

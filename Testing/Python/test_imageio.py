@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from FastMedSAMLib import imageio
 from FastMedSAMLib.errors import ImageError
-from FastMedSAMLib.geometry import ijk_to_ras_matrix
-from FastMedSAMLib.imageio import Image, read_image, read_label, write_mask
+from FastMedSAMLib.io import images as imageio
+from FastMedSAMLib.io.geometry import ijk_to_ras_matrix
+from FastMedSAMLib.io.images import Image, read_image, read_label, write_mask
 
 
 def rotation(axis, angle: float) -> np.ndarray:

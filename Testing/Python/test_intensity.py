@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from FastMedSAMLib.errors import ImageError
-from FastMedSAMLib.imageio import Image, read_image
-from FastMedSAMLib.intensity import intensity_rule, is_ct, to_uint8
+from FastMedSAMLib.io.images import Image, read_image
+from FastMedSAMLib.io.intensity import intensity_rule, is_ct, to_uint8
 
 
 def cvpr24_ct(volume: np.ndarray, lo: float = -160.0, hi: float = 240.0) -> np.ndarray:

@@ -11,8 +11,8 @@ import pytest
 from scipy import ndimage
 
 from FastMedSAMLib.errors import ImageError
-from FastMedSAMLib.evaluate import REFERENCE
-from FastMedSAMLib.manifest import (
+from FastMedSAMLib.evaluation.box_protocol import REFERENCE
+from FastMedSAMLib.io.manifest import (
     MANUAL,
     MODEL_GENERATED,
     ManifestError,

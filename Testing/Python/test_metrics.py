@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from FastMedSAMLib.manifest import load_label, read_manifest
-from FastMedSAMLib.metrics import boundary, boundary_measure_table, dice, normalized_surface_distance, score
+from FastMedSAMLib.evaluation.metrics import boundary, boundary_measure_table, dice, normalized_surface_distance, score
+from FastMedSAMLib.io.manifest import load_label, read_manifest
 
 
 def square(shape, rows, cols) -> np.ndarray:

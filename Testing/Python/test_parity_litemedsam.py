@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from FastMedSAMLib.errors import ImageError
+from FastMedSAMLib.evaluation.metrics import dice
 from FastMedSAMLib.models.base import SamModel
 from FastMedSAMLib.models.litemedsam import LiteMedSAMAdapter, build_litemedsam
 from FastMedSAMLib.models.recipe import fixture_image, recipe_checksum, recipe_state_dict
@@ -148,10 +149,6 @@ def test_end_to_end(run):
 def test_real_fixture_uses_the_same_asset(parity_dir: Path, litemedsam_checkpoint: Path):
     digest = hashlib.sha256(Path(litemedsam_checkpoint).read_bytes()).hexdigest()
     assert digest == str(np.load(parity_dir / FIXTURES["real"])["asset_sha256"])
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
 @pytest.mark.parametrize("run", ["real"], indirect=True)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from FastMedSAMLib.engines.slice_engine import to_rgb
 from FastMedSAMLib.errors import FastMedSAMError, WeightsError
-from FastMedSAMLib.intensity import to_uint8
-from FastMedSAMLib.manifest import load_image, load_label, read_manifest, targets
-from FastMedSAMLib.metrics import dice
+from FastMedSAMLib.evaluation.metrics import dice
+from FastMedSAMLib.io.intensity import to_uint8
+from FastMedSAMLib.io.manifest import load_image, load_label, read_manifest, targets
 from FastMedSAMLib.models import build_model, load_model
 from FastMedSAMLib.models.litemedsam import LiteMedSAMAdapter
 from FastMedSAMLib.models.vit3d import PreNormBlock3D
@@ -21,8 +22,7 @@ from FastMedSAMLib.pause import PauseError, heads_path, load_pause_heads, paused
 from FastMedSAMLib.pause.heads import load_heads
 from FastMedSAMLib.pause.tinyvit_paused import PausedTinyViT
 from FastMedSAMLib.pause.vit3d_paused import PausedViT3D, paused_block
-from FastMedSAMLib.registry import get_spec
-from FastMedSAMLib.slice_engine import to_rgb
+from FastMedSAMLib.weights.registry import get_spec
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def _dices(net, embedding, frame, cases):
 # -- pause = 0 is the plain model ------------------------------------------------------------------------------
 def test_pause_zero_is_bitwise_the_plain_encoder_and_never_runs_the_paused_path(net, data_dir, monkeypatch):
     from FastMedSAMLib import Box, Session
-    from FastMedSAMLib.imageio import read_image
+    from FastMedSAMLib.io.images import read_image
 
     def refuse(*args, **kwargs):
         raise AssertionError("the paused code path ran at pause=0")

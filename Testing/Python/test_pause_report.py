@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from FastMedSAMLib.cli import main
 from FastMedSAMLib.errors import FastMedSAMError
-from FastMedSAMLib.evaluate import REFERENCE
+from FastMedSAMLib.evaluation.box_protocol import REFERENCE
 from FastMedSAMLib.models import load_model
 from FastMedSAMLib.pause import load_pause_heads, paused_encoder
 from FastMedSAMLib.pause.report import NO_PAUSING, accuracy

@@ -8,8 +8,8 @@ import SimpleITK as sitk
 
 from FastMedSAMLib import Box, Box3D, Point, Session
 from FastMedSAMLib.errors import ImageError, PromptError
-from FastMedSAMLib.imageio import read_image, read_label
-from FastMedSAMLib.metrics import dice
+from FastMedSAMLib.evaluation.metrics import dice
+from FastMedSAMLib.io.images import read_image, read_label
 
 
 def tight_box(mask: np.ndarray, z=None) -> Box:

@@ -1,13 +1,15 @@
 """The token-pause knob through the Session and the CLI, on a real DeepLesion CT with the real weights."""
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 
 from FastMedSAMLib import Box, Box3D, Session
 from FastMedSAMLib.cli import main
-from FastMedSAMLib.imageio import read_image, read_label
-from FastMedSAMLib.metrics import dice
+from FastMedSAMLib.evaluation.metrics import dice
+from FastMedSAMLib.io.images import read_image, read_label
 from FastMedSAMLib.pause import PauseError
 
 
@@ -83,7 +85,7 @@ def test_bad_knob_is_refused_and_leaves_the_session_as_it_was(session, bad):
 
 
 def test_models_without_pause_heads_refuse_a_knob(parity_dir, tmp_path):
-    from FastMedSAMLib.bench import recipe_checkpoint
+    from FastMedSAMLib.evaluation.bench import recipe_checkpoint
 
     for model in ("medficientsam-l0", "fastsam3d"):
         weights = recipe_checkpoint(model, parity_dir, tmp_path)
@@ -105,9 +107,10 @@ def test_cli_segment_with_a_knob(lesion, tmp_path, capsys):
     assert "pause must be in [0, 1]" in capsys.readouterr().err
 
 
-def test_cli_eval_takes_knob_values_up_to_one():
-    from FastMedSAMLib.commands.eval import float_list
+def test_cli_knob_lists_take_values_up_to_one():
+    from FastMedSAMLib.commands.arguments import pause_list
 
-    assert float_list("0,0.25,0.5,0.75,1") == [0.0, 0.25, 0.5, 0.75, 1.0]
-    with pytest.raises(Exception, match=r"\[0, 1\]"):
-        float_list("0,1.5")
+    assert pause_list("0,0.25,0.5,0.75,1") == [0.0, 0.25, 0.5, 0.75, 1.0]
+    for bad in ("0,1.5", "0,x", ","):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"\[0, 1\]"):
+            pause_list(bad)

@@ -108,3 +108,35 @@ def test_dependencies_present_and_main_thread_only() -> None:
     thread.start()
     thread.join()
     assert errors and "main thread" in errors[0]
+
+
+def test_panel_and_effect_share_one_logic_and_one_channel(headless) -> None:
+    from FastMedSAMLogicLib import shared
+
+    try:
+        assert shared.shared_logic(headless.scene) is shared.shared_logic(headless.scene)
+        channel = shared.shared_worker(headless.scene)
+        assert shared.shared_worker(headless.scene) is channel
+    finally:
+        shared.close()
+    assert shared.shared_worker(headless.scene) is not channel  # closed channels are replaced, never reused
+    shared.close()
+
+
+def test_shared_channel_routes_outcomes_to_their_owner() -> None:
+    from FastMedSAMLogicLib.worker import PredictionWorker
+
+    gate = threading.Event()
+    worker = PredictionWorker(lambda request: gate.wait(30) and request * 2)
+    try:
+        worker.submit(1, owner="module-panel")  # runs, held at the gate
+        worker.submit(2, owner="module-panel")  # waits, then superseded by the effect's prompt
+        last = worker.submit(3, owner="segment-editor")
+        gate.set()
+        assert worker.wait_idle(30)
+        assert worker.poll("module-panel") == []  # the panel's requests were superseded: newest prompt wins
+        (outcome,) = worker.poll("segment-editor")
+        assert (outcome.ticket, outcome.result, outcome.error) == (last, 6, None)
+        assert worker.poll("segment-editor") == []
+    finally:
+        worker.close()

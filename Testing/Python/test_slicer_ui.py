@@ -25,7 +25,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from slicer_headless import REPO  # noqa: E402  (also puts FastMedSAM/ on sys.path)
 
 from FastMedSAMLib.pause import supports_pause  # noqa: E402
-from FastMedSAMLib.registry import get_spec, list_specs  # noqa: E402
+from FastMedSAMLib.weights.registry import get_spec, list_specs  # noqa: E402
 from FastMedSAMLogicLib import panel  # noqa: E402
 from FastMedSAMLogicLib.model_catalog import PAUSE_TOOLTIP, model_info, pause_state  # noqa: E402
 from FastMedSAMLogicLib.overlay import HISTORY_COLUMNS, TimingRecord, format_history_row, format_overlay  # noqa: E402

@@ -18,8 +18,8 @@ import pytest
 
 from FastMedSAMLib.cli import main
 from FastMedSAMLib.errors import WeightsError
-from FastMedSAMLib.registry import RegistryError, default_model, get_spec, list_specs, load_registry
-from FastMedSAMLib.weights import cache_state, ensure_weights, fetch_weights, verify, weights_path
+from FastMedSAMLib.weights.registry import RegistryError, default_model, get_spec, list_specs, load_registry
+from FastMedSAMLib.weights.store import cache_state, ensure_weights, fetch_weights, verify, weights_path
 
 REAL_REGISTRY = Path(__file__).resolve().parents[2] / "models" / "registry.json"
 PAYLOAD = random.Random(0).randbytes(300_000)

@@ -40,7 +40,7 @@ from typing import Any, BinaryIO, Callable, Iterator, List, Optional
 
 from tqdm import tqdm
 
-from .errors import WeightsError
+from ..errors import WeightsError
 from .registry import ModelSpec, Source, get_spec
 
 CACHE_ENV = "FASTMEDSAM_CACHE"

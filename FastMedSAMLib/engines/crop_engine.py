@@ -39,23 +39,21 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from ..api import STAGES
+from ..errors import ImageError, PromptError
+from ..io.geometry import index_to_lps, lps_to_index
+from ..io.images import Image
+from ..models.base import SamModel
+from ..prompts import Point
+from ..timing import ms_since
 from .cache import EmbeddingCache
-from .errors import ImageError, PromptError
-from .geometry import index_to_lps, lps_to_index
-from .imageio import Image
-from .models.base import SamModel
-from .prompts import Point
-from .slice_engine import STAGES, VolumeResult
+from .slice_engine import VolumeResult
 
 CROP = 128
 SPACING_MM = 1.5
 LOW_RES = 32
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 Triple = Tuple[int, int, int]
-
-
-def _ms_since(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
 
 
 def to_sitk(
@@ -322,11 +320,11 @@ class CropEngine:
             return cached, False
         start = time.perf_counter()
         tensor = self.model_input(image, crop).to(self.device)
-        timings["preprocess"] += _ms_since(start)
+        timings["preprocess"] += ms_since(start)
         start = time.perf_counter()
         embedding = self.net.encode(tensor)
         self._sync()
-        timings["encode"] += _ms_since(start)
+        timings["encode"] += ms_since(start)
         self.cache.put(key, embedding)
         return embedding, True
 
@@ -351,7 +349,7 @@ class CropEngine:
         timings = dict.fromkeys(STAGES, 0.0)
         start = time.perf_counter()
         crop = self.choose_crop(image, points, image_key, previous)
-        timings["preprocess"] += _ms_since(start)
+        timings["preprocess"] += ms_since(start)
         embedding, encoded = self.embedding(image, crop, image_key, timings)
 
         start = time.perf_counter()
@@ -369,12 +367,12 @@ class CropEngine:
                 low_res, iou = self.click_round(embedding, position.tolist(), point.positive, low_res)
             self._sync()
         self._rounds = _Rounds(image_key, crop.start, clicks, low_res, iou)
-        timings["decode"] += _ms_since(start)
+        timings["decode"] += ms_since(start)
 
         start = time.perf_counter()
         logits = upsample(low_res)[0, 0].float().cpu().numpy()
         mask, z_range = paste_back(logits, crop, image, previous)
-        timings["postprocess"] += _ms_since(start)
+        timings["postprocess"] += ms_since(start)
         return VolumeResult(mask=mask, iou=iou, timings=timings, encoder_calls=int(encoded), z_range=z_range)
 
 

@@ -10,16 +10,13 @@ import cv2
 import numpy as np
 import torch
 
+from ..api import STAGES
+from ..models.base import Frame, SamModel, SliceAdapter
+from ..prompts import Box, Box3D
+from ..timing import ms_since
 from .cache import EmbeddingCache
-from .models.base import Frame, SamModel, SliceAdapter
-from .prompts import Box, Box3D
 
-STAGES = ("preprocess", "encode", "decode", "postprocess")
 PROPAGATION_BOX_MARGIN = 3  # px in the model frame added around the previous slice's mask (CVPR24 protocol)
-
-
-def _ms_since(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
 
 
 @dataclass
@@ -78,12 +75,12 @@ class SliceEngine:
             return cached[0], cached[1], False, cached[2]
         start = time.perf_counter()
         tensor, frame = self.adapter.preprocess(to_rgb(slice_u8))
-        timings["preprocess"] += _ms_since(start)
+        timings["preprocess"] += ms_since(start)
         start = time.perf_counter()
         embedding = self.encoder(tensor.to(self.device))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        timings["encode"] += _ms_since(start)
+        timings["encode"] += ms_since(start)
         stats = getattr(self.encoder, "last_stats", None)
         paused = None if stats is None else stats.paused_fraction()
         self.cache.put(key, (embedding, frame, paused))
@@ -93,10 +90,10 @@ class SliceEngine:
         start = time.perf_counter()
         boxes = torch.as_tensor(frame_box, dtype=torch.float32, device=self.device)[:, None, :]
         low_res, iou = self.net.decode(embedding, boxes=boxes)
-        timings["decode"] += _ms_since(start)
+        timings["decode"] += ms_since(start)
         start = time.perf_counter()
         mask = self.adapter.postprocess(low_res, frame)
-        timings["postprocess"] += _ms_since(start)
+        timings["postprocess"] += ms_since(start)
         return mask, float(iou[0, 0])
 
     def segment(self, key: Hashable, slice_u8: np.ndarray, box: Box) -> SliceResult:

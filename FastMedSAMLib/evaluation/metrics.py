@@ -73,6 +73,10 @@ def _check_pair(prediction: np.ndarray, truth: np.ndarray) -> Tuple[np.ndarray, 
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice similarity of two binary masks of one shape, in [0, 1]: the project's one Dice.
+
+    Empty-mask convention: two empty masks agree perfectly (1.0), like the CVPR24 scoring code; one empty mask and
+    one non-empty give 0.0. Shapes must match (ValueError otherwise)."""
     prediction, truth = _check_pair(prediction, truth)
     total = int(prediction.sum()) + int(truth.sum())
     if total == 0:

@@ -8,18 +8,16 @@ DeepLesion CT; the clicks sit at the centre of its lesion box.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
-from .prompts import Point
-
-if TYPE_CHECKING:
-    from .bench import BenchData
+from ..prompts import Point
+from .bench_data import BenchData
 
 Figures = Dict[str, float]
 SECOND_CLICK_OFFSET = (4.0, -3.0, 0.0)  # voxels (x, y, z) from the first click: same crop, decoder only
 
 
-def _clicks(data: "BenchData") -> Tuple[Any, Point, Point]:
+def _clicks(data: BenchData) -> Tuple[Any, Point, Point]:
     _, volume, box = data.volumes[0]
     first = Point((box.x0 + box.x1) / 2.0, (box.y0 + box.y1) / 2.0, float((box.z0 + box.z1) // 2))
     dx, dy, dz = SECOND_CLICK_OFFSET
@@ -32,7 +30,7 @@ def _figures(prediction: Any, stages: Sequence[str]) -> Figures:
     return figures
 
 
-def encode_cold(session: Any, data: "BenchData") -> Figures:
+def encode_cold(session: Any, data: BenchData) -> Figures:
     """One click on a fresh crop: resample + z-score, encoder, one round, paste-back."""
     volume, first, _ = _clicks(data)
     session.set_image(volume)
@@ -41,7 +39,7 @@ def encode_cold(session: Any, data: "BenchData") -> Figures:
     return _figures(prediction, ("preprocess", "encode", "decode", "postprocess", "total"))
 
 
-def click_cached(session: Any, data: "BenchData") -> Figures:
+def click_cached(session: Any, data: BenchData) -> Figures:
     """A second click on the same crop: the cached embedding, one prompt-encoder + decoder round."""
     volume, first, second = _clicks(data)
     session.set_image(volume)

@@ -29,11 +29,20 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
 
-from .crop_engine import (
-    CROP, LOW_RES, SPACING_MM, CanonicalGrid, grid_array, image_to_sitk, to_sitk, upsample, zscore_positive,
+from ..engines.crop_engine import (
+    CROP,
+    LOW_RES,
+    SPACING_MM,
+    CanonicalGrid,
+    grid_array,
+    image_to_sitk,
+    to_sitk,
+    upsample,
+    zscore_positive,
 )
-from .errors import FastMedSAMError, WeightsError
-from .models.base import SamModel
+from ..errors import FastMedSAMError, WeightsError
+from ..models.base import SamModel
+from .metrics import dice
 
 PROTOCOL = "clicks3d"
 DEFAULT_CLICKS = (1, 3, 5, 10)
@@ -86,11 +95,6 @@ def next_click(prediction: np.ndarray, truth: np.ndarray, rng: np.random.Generat
     return Click(point, bool(fn[point]), "deep" if deep else "uniform")  # type: ignore[arg-type]
 
 
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    total = int(prediction.sum()) + int(truth.sum())
-    return float("nan") if total == 0 else 2.0 * int(np.logical_and(prediction, truth).sum()) / total
-
-
 @torch.inference_mode()
 def click_rounds(
     net: SamModel, embedding: torch.Tensor, truth: np.ndarray, rounds: int, rng: np.random.Generator
@@ -129,15 +133,15 @@ def summarise_dice(dices: Sequence[float], clicks: Sequence[int]) -> Dict[str, f
 
 # -- model -------------------------------------------------------------------------------------------------------------
 def installed_point_model() -> Optional[str]:
-    from .weights import cache_state
+    from ..weights.store import cache_state
 
     return next((name for name in POINT_MODELS if cache_state(name) in ("verified", "unchecked")), None)
 
 
 def load_point_model(model: str, weights: WeightsArg, device: torch.device, parity_dir: Path) -> SamModel:
     """`weights`: "official" (the verified cached checkpoint), "recipe" (parity recipe weights) or a checkpoint."""
-    from .models import build_model, load_model
-    from .models.recipe import recipe_state_dict
+    from ..models import build_model, load_model
+    from ..models.recipe import recipe_state_dict
 
     if weights == "recipe":
         stem = model.replace("-", "_")
@@ -171,8 +175,8 @@ def run_clicks3d(
     """Run the protocol on every 3D target of the manifest; returns the JSON-ready report (see `markdown`)."""
     from tqdm import tqdm
 
-    from .manifest import iter_cases, read_manifest
-    from .session import resolve_device
+    from ..io.manifest import iter_cases, read_manifest
+    from ..runtime.device import resolve_device
 
     requested = list(clicks)
     try:

@@ -26,7 +26,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ImageError
+from ..errors import ImageError
 
 PathLike = Union[str, Path]
 SegmentNames = Union[Sequence[str], Mapping[int, str], None]
@@ -288,7 +288,8 @@ def _image_from_sitk(
 
 
 def _read_with_pillow(path: Path, label: bool, cause: Optional[_SitkCannotRead]) -> np.ndarray:
-    from PIL import Image as PILImage, UnidentifiedImageError
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
 
     try:
         with PILImage.open(path) as im:
@@ -466,10 +467,21 @@ def _extent(volume: np.ndarray, value: int) -> str:
     return f"{i.min()} {i.max()} {j.min()} {j.max()} {k.min()} {k.max()}"
 
 
+def ijk_to_lps_matrix(image: Image) -> np.ndarray:
+    """4x4 homogeneous index -> LPS matrix: [direction · diag(spacing) | origin]."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = image.direction @ np.diag(image.spacing)
+    matrix[:3, 3] = image.origin
+    return matrix
+
+
+def ijk_to_ras_matrix(image: Image) -> np.ndarray:
+    """Slicer's IJKToRAS: diag(-1, -1, 1, 1) · ijk_to_lps_matrix."""
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_lps_matrix(image)
+
+
 def segmentation_fields(volume: np.ndarray, reference: Image, names: SegmentNames = None) -> Dict[str, str]:
     """The NRRD key/value fields that make a (Z, Y, X) label volume a Slicer .seg.nrrd (one layer)."""
-    from .geometry import ijk_to_ras_matrix
-
     fields: Dict[str, str] = {}
     for index, (value, (name, generated)) in enumerate(_segments(volume, names).items()):
         prefix = f"Segment{index}_"
@@ -493,4 +505,13 @@ def segmentation_fields(volume: np.ndarray, reference: Image, names: SegmentName
     return fields
 
 
-__all__ = ["Image", "read_image", "read_label", "write_mask", "segmentation_fields", "MASK_SUFFIXES"]
+__all__ = [
+    "Image",
+    "read_image",
+    "read_label",
+    "write_mask",
+    "segmentation_fields",
+    "ijk_to_lps_matrix",
+    "ijk_to_ras_matrix",
+    "MASK_SUFFIXES",
+]

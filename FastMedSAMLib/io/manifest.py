@@ -21,9 +21,9 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 from scipy import ndimage
 
-from .errors import FastMedSAMError, ImageError
-from .imageio import Image, read_image, read_label
-from .prompts import Box, Box3D
+from ..errors import FastMedSAMError, ImageError
+from ..prompts import Box, Box3D
+from .images import Image, read_image, read_label
 
 MANUAL = "manual"
 MODEL_GENERATED = "model-generated"

@@ -19,44 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from ..errors import FastMedSAMError
 from .bench3d import WORKLOADS_3D
-from .errors import FastMedSAMError
-from .imageio import Image
-from .manifest import load_image, load_label, read_manifest, tight_box
-from .prompts import Box, Box3D
+from .bench_data import BenchData, load_bench_data
 
 Figures = Dict[str, float]
 Measurement = Callable[[Any, "BenchData"], Figures]
-BENCH_DATASET = "ct_deeplesion_medsam2"  # CVPR24 npz volumes, 13-16 slices of 512x512, as stored
-SECOND_BOX_MARGIN = 12  # px added around the lesion box for the cached click's second box
 
 
-@dataclass
-class BenchData:
-    slice_image: Image  # one 512x512 CT slice (2D)
-    boxes: Tuple[Box, Box]  # the lesion's tight box on that slice, then a larger second box
-    volumes: List[Tuple[str, Image, Box3D]]  # (name, volume, lesion 3D box)
-
-
-def load_bench_data(manifest: Union[str, Path]) -> BenchData:
-    """The DeepLesion npz volumes of the manifest and the middle lesion slice of the first one."""
-    entries = [e for e in read_manifest(manifest) if e.datasets == (BENCH_DATASET,)]
-    if not entries:
-        raise FastMedSAMError(f"the manifest {manifest} has no {BENCH_DATASET} volumes to benchmark on")
-    volumes = []
-    for entry in entries:
-        image, label = load_image(entry), load_label(entry) > 0
-        volumes.append((Path(entry.image_name).stem, image, tight_box(label)))
-    name, volume, box3d = volumes[0]
-    z = int((box3d.z1 - box3d.z0) / 2 + box3d.z0)
-    first = box3d.slice_box(z)
-    height, width = volume.array.shape[1:]
-    m = SECOND_BOX_MARGIN
-    second = Box(max(first.x0 - m, 0), max(first.y0 - m, 0), min(first.x1 + m, width - 1), min(first.y1 + m, height - 1))
-    return BenchData(Image.from_array(volume.array[z]), (Box(first.x0, first.y0, first.x1, first.y1), second), volumes)
-
-
-# -- box-prompt 2D workload ----------------------------------------------------------------------------------------
 def _prediction_figures(prediction: Any, stages: Sequence[str]) -> Figures:
     figures = {f"{stage}_ms": float(prediction.timings.get(stage, 0.0)) for stage in stages}
     figures["encoder_calls"] = float(prediction.encoder_calls)
@@ -147,9 +117,9 @@ def recipe_checkpoint(model: str, parity_dir: Path, folder: Path) -> Path:
     speed-only numbers of models whose official weights cannot be had."""
     import torch
 
-    from .models import build_model
-    from .models.recipe import recipe_state_dict
-    from .registry import get_spec
+    from ..models import build_model
+    from ..models.recipe import recipe_state_dict
+    from ..weights.registry import get_spec
 
     stem = model.replace("-", "_")
     keys, ints = parity_dir / f"{stem}.keys.json", parity_dir / f"{stem}.int_buffers.npz"
@@ -165,9 +135,9 @@ def recipe_checkpoint(model: str, parity_dir: Path, folder: Path) -> Path:
 
 
 def _open_variant(variant: Variant, device: str, parity_dir: Path, scratch: Path) -> None:
-    from .registry import get_spec
-    from .session import Session
-    from .weights import cache_state
+    from ..session import Session
+    from ..weights.registry import get_spec
+    from ..weights.store import cache_state
 
     spec = get_spec(variant.model)
     if spec.family not in WORKLOADS:
@@ -222,7 +192,7 @@ def bench(
     import torch
     from tqdm import tqdm
 
-    from .evaluate import cpu_model
+    from .box_protocol import cpu_model
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")

@@ -10,10 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .errors import FastMedSAMError
+from ..errors import RegistryError
 
 REGISTRY_ENV = "FASTMEDSAM_REGISTRY"
-DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "models" / "registry.json"
+DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "models" / "registry.json"
 
 PROMPT_TYPES = frozenset({"box", "point", "mask"})
 DIMENSIONALITIES = frozenset({"2D", "3D"})
@@ -36,10 +36,6 @@ ENTRY_FIELDS = (
     "licence", "file", "size", "sha256", "checkpoint_layout", "sources",
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class RegistryError(FastMedSAMError, ValueError):
-    """The registry file is missing or malformed, or names no such model."""
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .errors import ImageError
-from .imageio import Image
+from ..errors import ImageError
+from .images import Image
 
 CT_WINDOW = (-160.0, 240.0)
 HU_AIR_THRESHOLD = -500.0

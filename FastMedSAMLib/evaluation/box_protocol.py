@@ -17,10 +17,10 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import PromptError
-from .manifest import MANUAL, Entry, Target, iter_cases, read_manifest, select
+from ..errors import PromptError
+from ..io.manifest import MANUAL, Entry, Target, iter_cases, read_manifest, select
+from ..prompts import Box3D
 from .metrics import TOLERANCE_2D_PX, TOLERANCE_3D_MM, score
-from .prompts import Box3D
 
 # LiteMedSAM on the development set: (prompt, objects, DSC, NSD), from shared/docs/reference-baseline.md (measured
 # with an independent re-implementation of the official CVPR24 inference script, real weights).
@@ -108,7 +108,7 @@ def summarise(cases: Sequence[CaseResult]) -> Dict[str, Any]:
 
 def _open_sessions(model: str, pauses: Sequence[float], device: str, cache_mb: float) -> Dict[float, Any]:
     """One Session per knob value (each with its own embedding cache)."""
-    from .session import Session
+    from ..session import Session
 
     return {pause: Session(model=model, device=device, cache_mb=cache_mb, pause=pause) for pause in pauses}
 
@@ -150,7 +150,7 @@ def evaluate(
     """Run the protocol and return the report (see `report_json`): cases, summaries, skipped entries, settings."""
     from tqdm import tqdm
 
-    from .intensity import intensity_rule
+    from ..io.intensity import intensity_rule
 
     entries = read_manifest(manifest)
     chosen = select(entries, datasets)

@@ -10,9 +10,9 @@ from typing import Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import PromptError
-from .imageio import Image
-from .prompts import Box3D, Point
+from ..errors import PromptError
+from ..prompts import Box3D, Point
+from .images import Image, ijk_to_lps_matrix, ijk_to_ras_matrix
 
 ArrayLike = Union[np.ndarray, Sequence[float], Sequence[Sequence[float]]]
 Vector3 = Tuple[float, float, float]
@@ -27,19 +27,6 @@ def _points(values: ArrayLike) -> np.ndarray:
     if points.shape[-1:] != (3,) or points.ndim > 2:
         raise ValueError(f"expected a point (3,) or points (N, 3), got shape {points.shape}")
     return points
-
-
-def ijk_to_lps_matrix(image: Image) -> np.ndarray:
-    """4x4 homogeneous index -> LPS matrix: [direction · diag(spacing) | origin]."""
-    matrix = np.eye(4)
-    matrix[:3, :3] = image.direction @ np.diag(image.spacing)
-    matrix[:3, 3] = image.origin
-    return matrix
-
-
-def ijk_to_ras_matrix(image: Image) -> np.ndarray:
-    """Slicer's IJKToRAS: diag(-1, -1, 1, 1) · ijk_to_lps_matrix."""
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_lps_matrix(image)
 
 
 def ras_to_ijk_matrix(image: Image) -> np.ndarray:
