@@ -125,10 +125,17 @@ class Session:
         points: Optional[Sequence[Point]] = None,
         mask: Optional[np.ndarray] = None,
     ) -> Prediction:
-        """Segment from a 2D box on one slice, a 3D box (propagated slice by slice) or points."""
+        """Segment from a 2D box on one slice, a 3D box (propagated slice by slice) or points; refinement models
+        (`litemedsam-refine`) also take include/exclude points and the previous mask (see `refine/requests.py`)."""
         if self._u8 is None:
             raise PromptError("no image: call set_image() before predict()")
         start = time.perf_counter()
+        if self.spec.dimensionality == "2D" and "point" in self.spec.prompts:  # refinement models (litemedsam-refine)
+            from .refine.requests import predict as predict_refine
+
+            prediction = predict_refine(self, box, points, mask)
+            prediction.timings["total"] = (time.perf_counter() - start) * 1000.0
+            return prediction
         if "point" in self.spec.prompts:
             prediction = self._predict_points(box, points, mask)
             prediction.timings["total"] = (time.perf_counter() - start) * 1000.0

@@ -22,7 +22,7 @@ from FastMedSAMLib.timing import ms_since
 
 from . import prompt_nodes, segment_io
 from .geometry import ijk_to_local, ijk_to_world, lps_geometry, parent_to_world
-from .model_catalog import pause_state
+from .model_catalog import pause_state, takes_mask
 from .overlay import TimingHistory, TimingRecord, format_overlay
 from .parameters import Parameters
 from .segment_io import Region, read_region, write_region
@@ -75,6 +75,7 @@ class Request:
     prompt_region: Region
     box: Optional[Union[Box, Box3D]] = None  # voxel indices
     points: Optional[List[Point]] = None
+    previous_mask: Optional[np.ndarray] = None  # the segment on the slice, for models that refine it (mask prompt)
     slice_index: Optional[int] = None
     image: Optional[ImagePayload] = None
     pause: float = 0.0  # token-pausing knob the Session runs at (0 = the plain model)
@@ -224,6 +225,9 @@ class FastMedSAMLogic:
             box = Box(box.x0, box.y0, box.x1, box.y1) if box is not None else None
             points = [Point(p.x, p.y, None, p.positive) for p in points]
         request.box, request.points = box, points or None
+        if points and takes_mask(model):  # a click refines what the segment holds on this slice
+            request.previous_mask = self._segment_on_slice(volume, segmentation, segment_id, int(slice_index),
+                                                           request.shape_kji)
         region = self._box_region(box, request.shape_kji) if box is not None else None
         if points:
             point_region = self._points_region(points, int(slice_index), request.shape_kji)
@@ -248,6 +252,13 @@ class FastMedSAMLogic:
         request.prompt_region = Region(max(min(zs), 0), min(max(zs), depth - 1), region.j0, region.j1, region.i0, region.i1)
         request.logic_ms["prompts"] = ms_since(start)
         return request
+
+    @staticmethod
+    def _segment_on_slice(volume, segmentation, segment_id: str, k: int, shape_kji) -> Optional[np.ndarray]:
+        """The segment's (J, I) mask on slice k, None when it is empty there."""
+        _, height, width = shape_kji
+        mask = read_region(segmentation, segment_id, volume, Region(k, k, 0, height - 1, 0, width - 1))[0]
+        return mask if mask.any() else None
 
     @staticmethod
     def _box_region(box, shape_kji) -> Region:
@@ -276,7 +287,10 @@ class FastMedSAMLogic:
         elif self._loaded_image.get((request.model, request.device)) != request.image_key:
             raise FastMedSAMError("the image changed since this prompt was prepared; prompt again")
         session.set_pause(request.pause)  # the same Session (weights, cached embeddings) at another knob
-        prediction = session.predict(box=request.box, points=request.points)
+        if request.previous_mask is not None:
+            prediction = session.predict(box=request.box, points=request.points, mask=request.previous_mask)
+        else:
+            prediction = session.predict(box=request.box, points=request.points)
         return SessionOutcome(prediction, str(getattr(session, "device", request.device)), set_image_ms)
 
     # -- step 3: mask -> segment (main thread) ---------------------------------------------------------------

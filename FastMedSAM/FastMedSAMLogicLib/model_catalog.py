@@ -98,3 +98,8 @@ def propagates(model: str) -> bool:
     """2D box models turn a 3D box into a volume mask slice by slice; 3D models predict the volume directly."""
     spec = get_spec(model)
     return spec.dimensionality == "3D" or "box" in spec.prompts
+
+
+def takes_mask(model: str) -> bool:
+    """Models that refine a previous mask (litemedsam-refine): each click on a slice refines the segment there."""
+    return "mask" in get_spec(model).prompts and get_spec(model).dimensionality == "2D"

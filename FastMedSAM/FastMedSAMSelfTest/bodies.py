@@ -484,6 +484,46 @@ def worker_supersedes(ctx: SelfTestContext) -> Dict[str, object]:
     return {"superseded": len(tickets) - 1, "error": str(failed.error)}
 
 
+REFINE_MODEL = "litemedsam-refine"
+
+
+def refine_clicks(ctx: SelfTestContext) -> Dict[str, object]:
+    """litemedsam-refine: a loose box on a slice, then include/exclude clicks where the result is most wrong; each
+    click refines the segment on that slice (its mask goes back as the prompt) and is one undo step."""
+    from FastMedSAMLib.refine.clicks import deepest_error_click
+
+    lesion, volume = ctx.lesion, ctx.lesion.volume
+    k0, k1, j0, j1, i0, i1 = lesion.box
+    k = (k0 + k1) // 2
+    truth = lesion.label[k] > 0
+    segmentation, (target,) = ctx.new_segmentation("refine", "lesion")
+    roi = add_roi_around(ctx.scene, lesion, (k, k, j0 - 15, j1 + 15, i0 - 15, i1 + 15), "loose box")
+    first = ctx.logic.segment_slice(volume, [roi], segmentation, target, k, model=REFINE_MODEL, device=DEVICE)
+    states, dices = [ctx.exported(segmentation, target)], [dice(first.mask, truth)]
+    include = add_points(ctx.scene, lesion, [], INCLUDE, "include")
+    exclude = add_points(ctx.scene, lesion, [], EXCLUDE, "exclude")
+    for _ in range(2):
+        click = deepest_error_click(states[-1][k], truth)
+        if click is None:
+            break
+        (j, i), positive = click
+        node = include if positive else exclude
+        node.AddControlPointWorld(vtk.vtkVector3d(*lesion.world((i, j, k))))
+        ctx.logic.segment_slice(volume, [roi, include, exclude], segmentation, target, k, model=REFINE_MODEL,
+                                device=DEVICE)
+        states.append(ctx.exported(segmentation, target))
+        dices.append(dice(states[-1][k], truth))
+        assert not np.delete(states[-1], k, axis=0).any(), "a click wrote outside its slice"
+    assert dices[-1] >= dices[0] - 0.01, f"clicks made the slice worse: {dices}"
+    for state in reversed(states[:-1]):  # one undo step per click
+        assert ctx.logic.undo()
+        assert np.array_equal(ctx.exported(segmentation, target), state), "undo did not step back one click"
+    ctx.logic.clear()
+    for node in (roi, include, exclude, segmentation):
+        ctx.scene.RemoveNode(node)
+    return {"dice_per_step": dices}
+
+
 BODIES: Tuple[Tuple[str, Callable[[SelfTestContext], Dict[str, object]]], ...] = (
     ("geometry_roundtrip", geometry_roundtrip),
     ("box_propagation", box_propagation),
@@ -495,6 +535,7 @@ BODIES: Tuple[Tuple[str, Callable[[SelfTestContext], Dict[str, object]]], ...] =
     ("pause_knob_checks", pause_knob_checks),
     ("prompt_events", prompt_events),
     ("worker_supersedes", worker_supersedes),
+    ("refine_clicks", refine_clicks),
 )
 
 

@@ -20,12 +20,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_manifest(p)
     p.add_argument("--model", help="registry model name (default: litemedsam; clicks3d: the installed 3D model)")
-    p.add_argument("--protocol", choices=("box", "clicks3d"), default="box",
-                   help="box: CVPR24 box protocol (default); clicks3d: FastSAM3D/SAM-Med3D clicks on the 3D cases")
-    p.add_argument("--clicks", type=name_list, default=["1", "3", "5", "10"], help="clicks3d: N to report (1,3,5,10)")
+    p.add_argument("--protocol", choices=("box", "clicks3d", "refine"), default="box",
+                   help="box: CVPR24 box protocol (default); clicks3d: FastSAM3D/SAM-Med3D clicks on the 3D cases; "
+                        "refine: box then clicks on the validation cases, litemedsam-refine vs litemedsam")
+    p.add_argument("--clicks", type=name_list, default=["1", "3", "5", "10"],
+                   help="clicks3d: N to report (1,3,5,10); refine: one number, the clicks after the box (5)")
+    p.add_argument("--noc-max", type=positive_int, default=20, help="refine: clicks allowed for NoC@90 (2D, default 20)")
+    p.add_argument("--embedding-cache", type=Path,
+                   help="refine: keep the image embeddings in this scratch file and reuse them on the next run")
     p.add_argument("--seed", type=int, default=2023, help="clicks3d: seed of the click draws (default 2023)")
     p.add_argument("--weights", default="official",
-                   help="clicks3d: official, recipe (untrained parity weights: machinery only) or a checkpoint path")
+                   help="clicks3d: official, recipe (untrained parity weights: machinery only) or a checkpoint path; "
+                        "refine: a candidate fine-tuned file instead of the registry's")
     p.add_argument("--datasets", type=name_list, help="comma-separated dataset rows to evaluate (default: all)")
     p.add_argument("--max-targets", type=positive_int, help="at most N targets per dataset row (quick runs)")
     p.add_argument(
@@ -40,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.protocol == "refine":
+        return _refine(args)
     if args.protocol == "clicks3d":
         from ..evaluation.clicks3d import run_cli
 
@@ -59,5 +67,20 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         instances_per_image=caps,
         progress=not args.quiet,
+    )
+    return emit(report, markdown(report), args.out)
+
+
+def _refine(args: argparse.Namespace) -> int:
+    from ..errors import PromptError
+    from ..refine.protocol import REFINE_MODEL, evaluate_refine, markdown
+
+    if len(args.clicks) != 1 or not args.clicks[0].isdigit():
+        raise PromptError(f"--protocol refine takes one number of clicks (e.g. --clicks 5), got {','.join(args.clicks)}")
+    report = evaluate_refine(
+        args.manifest, clicks=int(args.clicks[0]), noc_max=args.noc_max, datasets=args.datasets,
+        max_targets=args.max_targets or 20, device=args.device, refine_model=args.model or REFINE_MODEL,
+        refine_weights=None if args.weights == "official" else Path(args.weights),
+        embedding_cache=args.embedding_cache, progress=not args.quiet,
     )
     return emit(report, markdown(report), args.out)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Hashable, Optional, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Tuple
 
 import torch
 
@@ -55,6 +55,10 @@ class EmbeddingCache:
         while self._bytes > self.max_bytes:
             _, (_, evicted) = self._entries.popitem(last=False)
             self._bytes -= evicted
+
+    def items(self) -> List[Tuple[Hashable, Any]]:
+        """(key, value) pairs, least recently used first (to persist a warm cache between runs)."""
+        return [(key, entry[0]) for key, entry in self._entries.items()]
 
     def clear(self) -> None:
         self._entries.clear()

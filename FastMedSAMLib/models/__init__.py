@@ -13,6 +13,7 @@ from .base import SamModel, SliceAdapter
 # registry name -> (module, builder function). Builders take no arguments and return a SamModel.
 BUILDERS: Dict[str, Tuple[str, str]] = {
     "litemedsam": (".litemedsam", "build_litemedsam"),
+    "litemedsam-refine": (".litemedsam", "build_litemedsam"),
     "medficientsam-l0": (".medficientsam", "build_medficientsam_l0"),
     "medficientsam-l1": (".medficientsam", "build_medficientsam_l1"),
     "medficientsam-l2": (".medficientsam", "build_medficientsam_l2"),
@@ -23,6 +24,7 @@ BUILDERS: Dict[str, Tuple[str, str]] = {
 # 2D families: registry name -> (module, SliceAdapter class) doing that family's pre/post-processing.
 ADAPTERS: Dict[str, Tuple[str, str]] = {
     "litemedsam": (".litemedsam", "LiteMedSAMAdapter"),
+    "litemedsam-refine": (".litemedsam", "LiteMedSAMAdapter"),
     "medficientsam-l0": (".medficientsam", "MedficientSAMAdapter"),
     "medficientsam-l1": (".medficientsam", "MedficientSAMAdapter"),
     "medficientsam-l2": (".medficientsam", "MedficientSAMAdapter"),
@@ -53,12 +55,20 @@ def build_model(name: str) -> SamModel:
 def load_model(
     name: str, device: Union[str, torch.device] = "cpu", weights: Optional[Path] = None
 ) -> SamModel:
-    """Build `name`, load its verified checkpoint (strict), move to `device`, switch to eval mode.
+    """Build `name`, load its verified checkpoint (strict), move to `device`, switch to eval mode. A model with a
+    `base` in the registry (litemedsam-refine) loads the base's checkpoint, then its own fine-tuned parts over it.
 
     Order matters: TinyViT caches its attention biases on `eval()`, so weights are loaded first."""
+    from ..weights.registry import get_spec
     from ..weights.store import ensure_weights
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, load_fine_tuned
 
     model = build_model(name)
-    load_checkpoint(model, weights if weights is not None else ensure_weights(name))
+    spec = get_spec(name)
+    own = weights if weights is not None else ensure_weights(name)
+    if spec.role == "model" and spec.base is not None:
+        load_checkpoint(model, ensure_weights(spec.base))
+        load_fine_tuned(model, own)
+    else:
+        load_checkpoint(model, own)
     return model.to(device).eval()

@@ -157,3 +157,20 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint does not match {type(model).__name__}: {details}{hint}")
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=strict)
     return LoadResult(missing, unexpected)
+
+
+FINE_TUNED_PARTS = ("prompt_encoder.", "mask_decoder.")
+
+
+def load_fine_tuned(model: nn.Module, source: Source, parts: Tuple[str, ...] = FINE_TUNED_PARTS) -> None:
+    """Load a checkpoint holding exactly `model`'s keys under `parts` (any float dtype, cast to the model's) over
+    weights already loaded; the rest of the model (the image encoder) is left as it is."""
+    state = read_state_dict(source, model)
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith(parts)}
+    missing, unexpected, wrong = _describe(state, expected)
+    problems = [(kind, items) for kind, items in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if items]
+    if problems:
+        details = "; ".join(_listing(kind, items) for kind, items in problems)
+        raise CheckpointError(f"fine-tuned checkpoint does not match {', '.join(parts)} of {type(model).__name__}: {details}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)

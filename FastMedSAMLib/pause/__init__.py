@@ -17,10 +17,15 @@ from .knob import validate_pause
 
 
 def pausable_models() -> Dict[str, str]:
-    """model -> the registry entry of its pause heads (entries with role "pause-heads" name their `base` model)."""
+    """model -> the registry entry of its pause heads (entries with role "pause-heads" name their `base` model; a
+    model fine-tuned from a base with heads, whose image encoder is the base's, uses them too)."""
     from ..weights.registry import list_specs
 
-    return {spec.base: spec.name for spec in list_specs() if spec.role == "pause-heads" and spec.base}
+    specs = list_specs()
+    heads = {spec.base: spec.name for spec in specs if spec.role == "pause-heads" and spec.base}
+    # a fine-tuned model that keeps its base's image encoder (litemedsam-refine) shares the base's heads
+    heads.update({spec.name: heads[spec.base] for spec in specs if spec.role == "model" and spec.base in heads})
+    return heads
 
 
 def supports_pause(model: str) -> bool:

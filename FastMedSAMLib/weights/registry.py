@@ -165,8 +165,10 @@ def _parse_entry(raw: Any, path: Path, index: int) -> ModelSpec:
     sources = tuple(_parse_source(s, path, f"{where} sources[{i}]") for i, s in enumerate(raw["sources"]))
     if len({s.id for s in sources}) != len(sources):
         raise _fail(path, where, "source ids must be unique")
-    if (raw["role"] == "pause-heads") != ("base" in raw):
-        raise _fail(path, where, "'base' (the model the heads attach to) is required for pause-heads and only for them")
+    if raw["role"] == "pause-heads" and "base" not in raw:
+        raise _fail(path, where, "'base' (the model the heads attach to) is required for pause-heads")
+    if raw["role"] == "sample" and "base" in raw:
+        raise _fail(path, where, "'base' is for pause heads and fine-tuned models (the model they build on), not samples")
     return ModelSpec(
         name=raw["name"], family=raw["family"], architecture=raw["architecture"], role=raw["role"],
         description=raw["description"], dimensionality=raw["dimensionality"], prompts=tuple(prompts),

@@ -1,0 +1,96 @@
+"""`fastmedsam train-refine --manifest M --out models/litemedsam-refine.pt [--seed 0]`"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .arguments import add_manifest, positive_int
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-refine",
+        help="fine-tune LiteMedSAM's prompt encoder + mask decoder for clicks and mask prompts (CPU, minutes)",
+        description=(
+            "Encodes the training cases of the manifest's train/validation split once with the frozen LiteMedSAM "
+            "encoder (cached in the user cache), then fine-tunes the prompt encoder and mask decoder with simulated "
+            "interaction (boxes, clicks from the error region, the previous mask fed back). Writes the float16 "
+            "weights, a JSON report and a markdown note beside them."
+        ),
+    )
+    add_manifest(p)
+    p.add_argument("--out", type=Path, required=True, help="weights file to write, e.g. models/litemedsam-refine.pt")
+    p.add_argument("--seed", type=int, default=0, help="seed for crops, sampling, clicks and training (default 0)")
+    p.add_argument("--steps", type=positive_int, default=120, help="optimiser steps (default 120)")
+    p.add_argument("--batch", type=positive_int, default=4, help="objects per step (default 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..io.manifest import read_manifest
+    from ..models import load_model
+    from ..pause.heads import sha256_of
+    from ..refine.data import build_cache, load_records
+    from ..refine.split import split
+    from ..refine.train import TrainConfig, train
+    from ..refine.weights import save
+    from .train_pause import _commit
+
+    torch.set_num_threads(1)
+    log = (lambda *a: None) if args.quiet else print
+    paths = build_cache(args.manifest, args.seed, log=log)
+    records = load_records(paths)
+    net = load_model("litemedsam")
+    config = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch)
+    report = train(net, records, config, progress=not args.quiet, log=log)
+    sha256 = save(net, args.out)
+    report.update({"commit": _commit(), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+                   "manifest_sha256": sha256_of(args.manifest), "split": split(read_manifest(args.manifest)),
+                   "sha256": sha256, "size": args.out.stat().st_size})
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    note = args.out.with_suffix(".md")
+    note.write_text(_note(args, report), encoding="utf-8")
+    print(f"wrote {args.out} ({report['size']} bytes, sha256 {sha256}), {note} in {report['seconds']} s")
+    return 0
+
+
+def _note(args: argparse.Namespace, report: dict) -> str:
+    config = report["config"]
+    sources: dict = {}
+    for source in report["sources"]:
+        name = source.split("/")[0]
+        sources[name] = sources.get(name, 0) + 1
+    data = "\n".join(f"| {name} | {count} |" for name, count in sorted(sources.items()))
+    sides = report["split"]
+    validation = ", ".join(f"`{k}`" for k, v in sorted(sides.items()) if v == "validation")
+    curve = "\n".join(f"| {h['step']} | {h['seconds']} | {h['loss']:.4f} | {h['iou']:.3f} |" for h in report["history"])
+    return f"""# {args.out.name}
+
+Prompt encoder + mask decoder of `litemedsam-refine`, fine-tuned from LiteMedSAM's by `fastmedsam train-refine
+--manifest <shared>/data/manifest.json --out {args.out} --seed {args.seed} --steps {args.steps} --batch {args.batch}`
+(FastMedSAMLib/refine/train.py) at commit `{report['commit']}`, torch {report['torch']}, {report['threads']} thread(s),
+bfloat16 autocast, in {report['seconds']} s of training (embeddings cached beforehand); manifest sha256
+`{report['manifest_sha256']}`. The image encoder is LiteMedSAM's, unchanged (not in this file).
+
+- size {report['size']} bytes (float16), sha256 `{report['sha256']}`
+- {config['steps']} AdamW steps (lr {config['lr']} cosine to a tenth, weight decay {config['weight_decay']}), batch {config['batch']},
+  seed {config['seed']}; first prompt: jittered box {config['p_box']}, one include click {config['p_point']}, neighbouring slice's
+  mask + its box (3D slices) the rest; then 0 (p={config['p_first_only']}) or 1..{config['max_rounds']} no-grad click rounds
+  (clicks from the error region, previous mask fed back, {config['p_mask_only']} mask-only); loss Dice + BCE + IoU-MSE on the last round
+- {report['slices']} training slices, {report['objects']} objects ({report['objects_with_neighbours']} with a neighbouring-slice mask)
+
+Split by case (FastMedSAMLib/refine/split.py; every figure reported for this model comes from validation cases):
+validation = {validation}; everything else used (fundus vessels and the MNI tissue maps excepted) trains.
+
+| training source | slices |
+|---|---|
+{data}
+
+| step | seconds | loss | IoU (last round) |
+|---|---|---|---|
+{curve}
+"""

@@ -1,0 +1,190 @@
+"""litemedsam-refine: clicks and the previous mask refine a box result on real validation data (2D and 3D), calls
+are stateless, bad input is refused before anything changes, and the committed weights are the registry's."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from FastMedSAMLib import Box, Box3D, Point, Session
+from FastMedSAMLib.errors import PromptError, WeightsError
+from FastMedSAMLib.evaluation.metrics import dice
+from FastMedSAMLib.io.manifest import iter_cases, read_manifest
+from FastMedSAMLib.refine.clicks import deepest_error_click
+from FastMedSAMLib.refine.protocol import cvpr25_box
+from FastMedSAMLib.refine.split import TRAIN, VALIDATION, case_key, part, split
+from FastMedSAMLib.weights.registry import get_spec
+
+MODEL = "litemedsam-refine"
+
+
+@pytest.fixture(scope="module")
+def session() -> Session:
+    return Session(model=MODEL, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def btcv(manifest_path):
+    """A validation BTCV slice (never trained on) and its objects."""
+    entries = [e for e in part(read_manifest(manifest_path), VALIDATION) if e.folder == "ct_2d_btcv_imis"]
+    return next(iter_cases(entries[:1]))
+
+
+def _clicks(session: Session, box, truth: np.ndarray, count: int):
+    prediction = session.predict(box=box).mask
+    dices, points = [dice(prediction, truth)], []
+    for _ in range(count):
+        click = deepest_error_click(prediction, truth)
+        if click is None:
+            break
+        index, positive = click
+        z, y, x = index if truth.ndim == 3 else (None, *index)
+        points.append(Point(float(x), float(y), None if z is None else float(z), positive=positive))
+        prediction = session.predict(box=box, points=points, mask=prediction).mask
+        dices.append(dice(prediction, truth))
+    return dices, points, prediction
+
+
+def test_split_is_by_case_and_reported_cases_never_train(manifest_path):
+    entries = read_manifest(manifest_path)
+    sides = split(entries)
+    assert sides == split(list(reversed(entries)))  # deterministic, order-free
+    validation = {case_key(e) for e in part(entries, VALIDATION)}
+    train = {case_key(e) for e in part(entries, TRAIN)}
+    assert validation and train and not validation & train
+    # the two DeepLesion lesions of patient 15 (and their HU copy) are one case
+    lesions = {case_key(e) for e in entries if "CT_Lesion_000015" in e.image_name}
+    assert len(lesions) == 1
+
+
+def test_committed_weights_match_the_registry_sha256():
+    spec = get_spec(MODEL)
+    path = spec.repo_root / spec.sources[0].path
+    assert spec.sha256 is not None and spec.base == "litemedsam"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256
+    assert path.stat().st_size == spec.size < 20 * 2**20
+
+
+def test_tampered_weights_are_refused(tmp_path, monkeypatch):
+    from FastMedSAMLib.weights.store import ensure_weights
+
+    spec = get_spec(MODEL)
+    (tmp_path / "models").mkdir()
+    registry = json.loads(spec.registry_path.read_text(encoding="utf-8"))
+    (tmp_path / "models" / "registry.json").write_text(json.dumps(registry), encoding="utf-8")
+    data = bytearray((spec.repo_root / spec.sources[0].path).read_bytes())
+    data[-100] ^= 0xFF
+    (tmp_path / "models" / spec.file).write_bytes(bytes(data))
+    monkeypatch.setenv("FASTMEDSAM_REGISTRY", str(tmp_path / "models" / "registry.json"))
+    with pytest.raises(WeightsError, match="sha256"):
+        ensure_weights(MODEL)
+
+
+def test_clicks_improve_dice_on_validation_data(session, btcv):
+    entry, image, label, found = btcv
+    session.set_image(image)
+    gains = []
+    for target in found[:4]:
+        truth = target.mask(label)
+        dices, _, _ = _clicks(session, target.box, truth, 3)
+        gains.append(dices[-1] - dices[0])
+        assert dices[-1] >= dices[0] - 0.01, (target.name, dices)
+    assert np.mean(gains) > 0.02, gains
+
+
+def test_stateless_same_inputs_same_mask(session, btcv):
+    entry, image, label, found = btcv
+    session.set_image(image)
+    target = found[0]
+    truth = target.mask(label)
+    first = session.predict(box=target.box).mask
+    (y, x), positive = deepest_error_click(first, truth)
+    prompt = dict(box=target.box, points=[Point(float(x), float(y), positive=positive)], mask=first)
+    once = session.predict(**prompt).mask
+    session.predict(box=found[1].box)  # something else in between changes nothing
+    assert np.array_equal(session.predict(**prompt).mask, once)
+    assert np.array_equal(session.predict(box=target.box).mask, first)
+
+
+def test_points_alone_and_mask_alone(session, btcv):
+    entry, image, label, found = btcv
+    session.set_image(image)
+    truth = found[0].mask(label)
+    ys, xs = np.nonzero(truth)
+    deep = np.argmax(ndimage.distance_transform_edt(truth)[ys, xs])
+    alone = session.predict(points=[Point(float(xs[deep]), float(ys[deep]))]).mask
+    assert dice(alone, truth) > 0.5
+    assert session.predict(mask=truth).mask.shape == truth.shape
+
+
+def test_bad_inputs_are_refused_and_change_nothing(session, btcv):
+    entry, image, label, found = btcv
+    session.set_image(image)
+    h, w = label.shape
+    box = found[0].box
+    before = session.predict(box=box).mask
+    bad = [
+        dict(points=[Point(w + 5, 3)]),  # click outside the image
+        dict(box=box, mask=np.zeros((h + 1, w), bool)),  # mask of the wrong shape
+        dict(points=[Point(10, 10, positive=False)]),  # exclude-only first prompt
+        dict(points=[Point(10, 10, positive=False)], mask=np.zeros((h, w), bool)),  # ... an empty mask is no prompt
+        dict(box=Box3D(0, 0, 0, 5, 5, 1)),  # 3D box on a 2D image
+    ]
+    for prompt in bad:
+        with pytest.raises(PromptError):
+            session.predict(**prompt)
+    assert np.array_equal(session.predict(box=box).mask, before)
+
+
+def test_plain_litemedsam_still_refuses_points():
+    plain = Session(model="litemedsam", device="cpu")
+    plain.set_image(np.zeros((32, 32), np.uint8))
+    with pytest.raises(PromptError, match="box-only"):
+        plain.predict(points=[Point(3, 3)])
+
+
+def test_volume_clicks_propagate_and_unreachable_slices_are_refused(manifest_path, session):
+    entries = [e for e in part(read_manifest(manifest_path), VALIDATION) if e.image_name.startswith("mr_pyradiomics/brain2")]
+    entry, image, label, found = next(iter_cases(entries))
+    session.set_image(image)
+    truth = found[0].mask(label)
+    box = cvpr25_box(truth)
+    dices, points, result = _clicks(session, box, truth, 2)
+    assert result.shape == truth.shape
+    assert dices[-1] >= dices[0] - 0.01, dices
+    assert np.array_equal(session.predict(box=box, points=points, mask=result).mask,
+                          session.predict(box=box, points=points, mask=result).mask)
+    outside = box.z1 + 1 if box.z1 + 1 < truth.shape[0] else box.z0 - 1
+    with pytest.raises(PromptError, match="cannot reach"):
+        session.predict(box=box, points=[Point(box.x0 + 1, box.y0 + 1, outside)])
+    with pytest.raises(PromptError, match="shape"):
+        session.predict(box=box, points=points, mask=result[:-1])
+    assert box.z1 != box.z0
+    with pytest.raises(PromptError, match="one slice"):  # a 2D box with a click on another slice
+        session.predict(box=Box(box.x0, box.y0, box.x1, box.y1, z=box.z0), points=[Point(box.x0 + 1, box.y0 + 1, box.z1)])
+
+
+def test_pause_knob_applies_to_the_refine_model(btcv):
+    entry, image, label, found = btcv
+    paused = Session(model=MODEL, device="cpu", pause=0.5)
+    paused.set_image(image)
+    prediction = paused.predict(box=found[0].box)
+    assert prediction.paused_fraction > 0
+    assert dice(prediction.mask, found[0].mask(label)) > 0.5
+
+
+def test_refine_model_keeps_litemedsam_encoder(tmp_path):
+    """The image encoder comes from litemedsam's verified file, unchanged; our file holds only the decoder side."""
+    from FastMedSAMLib.models import load_model
+
+    spec = get_spec(MODEL)
+    copy = tmp_path / spec.file
+    shutil.copyfile(spec.repo_root / spec.sources[0].path, copy)
+    refine = load_model(MODEL, weights=copy)
+    plain = load_model("litemedsam")
+    for (name, a), (_, b) in zip(refine.image_encoder.state_dict().items(), plain.image_encoder.state_dict().items()):
+        assert np.array_equal(a.numpy(), b.numpy()), name
