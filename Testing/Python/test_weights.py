@@ -206,7 +206,7 @@ def test_registry_entries_are_complete_and_buildable(monkeypatch: pytest.MonkeyP
     raw = json.loads(REAL_REGISTRY.read_text(encoding="utf-8"))
     specs = {s.name: s for s in list_specs()}
     assert list(specs) == [m["name"] for m in raw["models"]] == [
-        "litemedsam", "medficientsam-l0", "medficientsam-l1", "medficientsam-l2",
+        "litemedsam", "litemedsam-refine", "medficientsam-l0", "medficientsam-l1", "medficientsam-l2",
         "fastsam3d", "sam-med3d-turbo", "litemedsam-pause-heads", "demo-ct-slice",
     ]
     assert default_model() == "litemedsam"
@@ -236,6 +236,9 @@ def test_registry_entries_are_complete_and_buildable(monkeypatch: pytest.MonkeyP
     committed = REAL_REGISTRY.parents[1] / heads.sources[0].path
     assert weights_path(heads.name) == committed
     assert (heads.size, heads.sha256) == (committed.stat().st_size, hashlib.sha256(committed.read_bytes()).hexdigest())
+    refine = specs["litemedsam-refine"]
+    assert refine.base == "litemedsam" and refine.role == "model" and refine.sources[0].kind == "repo"
+    assert set(refine.prompts) == {"box", "point", "mask"}
     with pytest.raises(RegistryError, match="unknown model 'nosuch'"):
         get_spec("nosuch")
 
