@@ -13,6 +13,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..api import STAGES
 from ..engines.slice_engine import SliceEngine, SliceResult, VolumeResult, frame_box_from_mask
@@ -24,6 +25,24 @@ from .data import to_frame
 from .prompting import mask_prompt, run_decoder
 
 DIES_OUT_DICE = 0.97  # a re-propagated slice this close to the previous result ends the correction's spread
+
+
+def local_edit(previous: np.ndarray, refined: np.ndarray, points: Sequence[Point]) -> np.ndarray:
+    """A click edits the region it lands in: of the pixels where `refined` differs from `previous`, keep only the
+    8-connected pieces that hold a click (FocalClick-style local refinement). Changes far from every click are
+    dropped, so a click cannot degrade parts of the mask the user did not point at."""
+    changed = refined != previous
+    if not changed.any():
+        return refined
+    pieces, _ = ndimage.label(changed, structure=np.ones((3, 3), dtype=bool))
+    height, width = changed.shape
+    hit = {int(pieces[min(max(int(round(p.y)), 0), height - 1), min(max(int(round(p.x)), 0), width - 1)]) for p in points}
+    hit.discard(0)
+    out = previous.copy()
+    if hit:
+        keep = np.isin(pieces, sorted(hit))
+        out[keep] = refined[keep]
+    return out
 
 
 def _frame_points(points: Sequence[Point], frame: Frame) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +97,8 @@ class RefineEngine:
         if previous is not None and not previous.any():
             previous = None  # an empty previous mask says nothing; the prompt encoder's "no mask" is what it means
         mask, iou = self._decode(embedding, frame, frame_box, points, previous, timings)
+        if previous is not None and points:
+            mask = local_edit(previous, mask, points)
         return SliceResult(mask, iou, timings, encoded, paused)
 
     # -- 3D ------------------------------------------------------------------------------------------------------
@@ -149,7 +170,8 @@ class RefineEngine:
                 paused.append(p)
             frame_box = None if box is None else frame.box_to_frame(box.x0, box.y0, box.x1, box.y1)
             prior = before[z] if before[z].any() else None
-            result.mask[z], result.iou = self._decode(embedding, frame, frame_box, by_slice[z], prior, result.timings)
+            refined, result.iou = self._decode(embedding, frame, frame_box, by_slice[z], prior, result.timings)
+            result.mask[z] = refined if prior is None else local_edit(prior, refined, by_slice[z])
             self._follow(key_prefix, volume_u8, result, z, hi, 1, before, paused)
             self._follow(key_prefix, volume_u8, result, z, lo, -1, before, paused)
         zs = np.nonzero(result.mask.reshape(result.mask.shape[0], -1).any(axis=1))[0]
