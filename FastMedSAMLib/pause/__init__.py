@@ -55,7 +55,7 @@ def load_pause_heads(model: str, path: Optional[Union[str, Path]] = None):
     from .heads import load_heads
 
     spec = get_spec(heads_entry(model))
-    return load_heads(heads_path(model) if path is None else path, spec.sha256, model)
+    return load_heads(heads_path(model) if path is None else path, spec.sha256, spec.base)  # heads name their encoder's model
 
 
 def paused_encoder(net: Any, model: str, pause: Any, heads: Optional[Any] = None):
