@@ -5,7 +5,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from .arguments import add_manifest, positive_int
 from .train_pause import _commit
@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where to record the split (default %(default)s)")
     p.add_argument("--train-slices", type=positive_int, default=12,
                    help="training slices to measure the knob on (default 12)")
+    p.add_argument("--no-before", action="store_true",
+                   help="skip measuring the old table (e.g. for freshly tuned heads, where it means little)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's own)")
     p.set_defaults(func=run)
 
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         "evaluation": split_slices(args.manifest, split["evaluation"]),
     }
     tensors = {name: to_tensors(s) for name, s in slices.items()}
-    before = fractions_per_knob(net.image_encoder, heads, tensors)
+    before = None if args.no_before else fractions_per_knob(net.image_encoder, heads, tensors)
     curve = calibrate(net.image_encoder, heads, tensors["calibration"])
     after = fractions_per_knob(net.image_encoder, heads, tensors)
     report = {
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         "manifest_sha256": sha256_of(args.manifest),
         "slices": {name: per_folder(s) for name, s in slices.items()},
         "curve": curve, "before": before, "after": after,
-        "knob_error_before": {k: round(knob_error(v), 4) for k, v in before.items()},
+        "knob_error_before": None if before is None else {k: round(knob_error(v), 4) for k, v in before.items()},
         "knob_error_after": {k: round(knob_error(v), 4) for k, v in after.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -89,14 +91,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def table(before: Dict, after: Dict) -> str:
+def table(before: Optional[Dict], after: Dict) -> str:
     """Realised paused fraction (mean over images, min-max) per knob and set, old table vs refitted."""
-    lines = ["| knob | " + " | ".join(f"{s} before | {s} after" for s in before) + " |",
-             "|---|" + "---|---|" * len(before)]
-    for knob in next(iter(before.values())):
+    sides = (after,) if before is None else (before, after)
+    names = ("after",) if before is None else ("before", "after")
+    lines = ["| knob | " + " | ".join(f"{s} {n}" for s in after for n in names) + " |",
+             "|---|" + "---|" * len(after) * len(sides)]
+    for knob in next(iter(after.values())):
         cells = []
-        for name in before:
-            for side in (before, after):
+        for name in after:
+            for side in sides:
                 v = side[name][knob]
                 cells.append(f"{v['mean']:.2f} ({v['min']:.2f}–{v['max']:.2f})")
         lines.append(f"| {knob} | " + " | ".join(cells) + " |")
