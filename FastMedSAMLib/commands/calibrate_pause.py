@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    commit = _commit()  # the code that runs, read before anything can change the checkout
     net = load_model("litemedsam")
     heads = load_pause_heads("litemedsam") if args.heads is None else load_heads(args.heads, None, "litemedsam")
     meta = dict(heads.meta)
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     curve = calibrate(net.image_encoder, heads, tensors["calibration"])
     after = fractions_per_knob(net.image_encoder, heads, tensors)
     report = {
-        "commit": _commit(), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+        "commit": commit, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
         "manifest_sha256": sha256_of(args.manifest),
         "slices": {name: per_folder(s) for name, s in slices.items()},
         "curve": curve, "before": before, "after": after,

@@ -41,13 +41,14 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TuneConfig(steps=args.steps, rank=args.rank)
+    commit = _commit()  # the code that runs, read before anything can change the checkout
     net = load_model("litemedsam")
     heads = load_pause_heads("litemedsam")
     sources = heads.meta["slice_sources"]
     slices = training_subset(args.manifest, sources, config.train_slices + config.valid_slices, config.seed)
     tuned, report = tune(net.image_encoder, heads, [rgb for _, _, rgb in slices], config, args.cache,
                          progress=not args.quiet)
-    report.update({"commit": _commit(), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+    report.update({"commit": commit, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
                    "slices": [source for _, source, _ in slices]})
     meta = {k: v for k, v in heads.meta.items() if k != "calibration"}
     sha256 = tuned.save(args.out, {**meta, "tuning": report})

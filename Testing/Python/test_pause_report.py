@@ -205,3 +205,24 @@ def test_accuracy_needs_pause_zero(eval_report: Path) -> None:
     del report["summary"]["0.0"]
     with pytest.raises(FastMedSAMError, match="no pause 0"):
         accuracy(report)
+
+
+def test_several_eval_reports_merge_by_dataset(eval_report: Path, tmp_path: Path) -> None:
+    """A capped 3D eval beside a 2D one: their datasets merge; the same dataset in two reports is refused."""
+    from FastMedSAMLib.pause.report import load_eval
+
+    report = json.loads(eval_report.read_text(encoding="utf-8"))
+    parts = []
+    for name in ("xray_lung", "xray_lung_cc"):
+        part = json.loads(json.dumps(report))
+        for summary in part["summary"].values():
+            summary["datasets"] = {k: v for k, v in summary["datasets"].items() if k == name}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(part), encoding="utf-8")
+        parts.append(path)
+    merged = accuracy(load_eval(parts))
+    whole = accuracy(report)
+    assert merged["1"]["dsc_datasets"] == pytest.approx(whole["1"]["dsc_datasets"])
+    assert merged["1"]["worst"] == whole["1"]["worst"]
+    with pytest.raises(FastMedSAMError, match="another report also has"):
+        load_eval([parts[0], parts[0]])
