@@ -36,3 +36,8 @@ class PauseError(FastMedSAMError, ValueError):
 
 class DeviceError(FastMedSAMError, ValueError):
     """The compute device asked for does not exist here (e.g. 'cuda' on a machine torch sees no GPU on)."""
+
+
+class BackendError(FastMedSAMError, ValueError):
+    """A runtime (torch-exact, torch, onnxruntime, ...) is unknown, not offered for this model, or its packages are
+    not installed here."""
