@@ -1,10 +1,11 @@
-"""`fastmedsam bench --model litemedsam --out bench.json [--models a,b] [--pause 0,0.25] [--repeats 5]`"""
+"""`fastmedsam bench --model litemedsam --out bench.json [--models a,b] [--pause 0,0.25] [--runtimes all]
+[--chart bench.png] [--repeats 5]`"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .arguments import add_device, add_manifest, add_pause, emit, name_list, positive_int
+from .arguments import add_device, add_manifest, add_pause, add_runtime, emit, name_list, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument("--model", dest="models", type=lambda t: [t], help="one registry model (default litemedsam)")
     models.add_argument("--models", dest="models", type=name_list, help="comma-separated registry models")
     add_pause(p, several=True)
+    add_runtime(p, several=True)
     p.add_argument("--repeats", type=positive_int, default=5, help="repeats; medians are reported (default 5)")
     p.add_argument(
         "--weights", choices=("official", "recipe"), default="official",
@@ -30,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device(p)
     add_manifest(p, "the CT volumes")
     p.add_argument("--out", type=Path, help="write the JSON report here")
+    p.add_argument("--chart", type=Path, help="draw the side-by-side chart into this PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run, models=None)
 
@@ -41,10 +44,15 @@ def run(args: argparse.Namespace) -> int:
         args.models or ["litemedsam"],
         args.manifest,
         pauses=args.pause,
+        runtimes=args.runtimes,
         repeats=args.repeats,
         weights=args.weights,
         device=args.device,
         threads=args.threads,
         progress=not args.quiet,
     )
+    if args.chart:
+        from ..evaluation.bench_chart import draw_chart
+
+        draw_chart(report, args.chart)
     return emit(report, markdown(report), args.out)

@@ -98,6 +98,8 @@ class SliceEngine:
         start = time.perf_counter()
         boxes = torch.as_tensor(frame_box, dtype=torch.float32, device=self.device)[:, None, :]
         low_res, iou = self.decoder(embedding, boxes=boxes)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         timings["decode"] += ms_since(start)
         start = time.perf_counter()
         mask = self.adapter.postprocess(low_res, frame)
