@@ -33,12 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_manifest(p, "the CT volumes")
     p.add_argument("--out", type=Path, help="write the JSON report here")
     p.add_argument("--chart", type=Path, help="draw the side-by-side chart into this PNG")
+    p.add_argument("--prefetch-timeline", action="store_true",
+                   help="instead: prompt latency with / without background prefetch on the left-atrium MR, per runtime")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run, models=None)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.bench import bench, markdown
+
+    if args.prefetch_timeline:
+        return _timelines(args)
 
     report = bench(
         args.models or ["litemedsam"],
@@ -56,3 +61,14 @@ def run(args: argparse.Namespace) -> int:
 
         draw_chart(report, args.chart)
     return emit(report, markdown(report), args.out)
+
+
+def _timelines(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..evaluation.prefetch_timeline import prefetch_timeline, timeline_markdown
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reports = [prefetch_timeline(args.manifest, runtime, args.device) for runtime in args.runtimes]
+    return emit({"prefetch_timelines": reports}, "\n\n".join(timeline_markdown(r) for r in reports), args.out)
