@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chart", type=Path, help="draw the side-by-side chart into this PNG")
     p.add_argument("--prefetch-timeline", action="store_true",
                    help="instead: prompt latency with / without background prefetch on the left-atrium MR, per runtime")
+    p.add_argument("--agreement", action="store_true",
+                   help="instead: each runtime's masks and logits against torch-exact on real 2D images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run, models=None)
 
@@ -44,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.prefetch_timeline:
         return _timelines(args)
+    if args.agreement:
+        from ..evaluation.runtime_agreement import agreement_markdown, runtime_agreement
+
+        report = runtime_agreement(args.manifest, args.runtimes, model=(args.models or ["litemedsam"])[0],
+                                   device=args.device)
+        return emit(report, agreement_markdown(report), args.out)
 
     report = bench(
         args.models or ["litemedsam"],
