@@ -1,7 +1,9 @@
 """FastMedSAM: interactive segmentation with efficient Segment-Anything models in 3D Slicer.
 
 The widget is thin: everything that reads or writes MRML lives in `FastMedSAMLogicLib` (no Qt, tested headless),
-predictions run on one persistent worker thread (`FastMedSAMLogicLib.worker`), and the panel state per model comes
+predictions run in a backend process (the local `fastmedsam serve` child of `FastMedSAMLogicLib.backend_process`,
+or a team's server) reached through one thread that only does socket I/O (`FastMedSAMLogicLib.shared`), and the
+panel state per model comes
 from `FastMedSAMLogicLib.panel`.
 """
 import contextlib
@@ -108,6 +110,10 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.updateParameterNodeFromGUI)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.backendComboBox.connect("currentIndexChanged(int)", self.onBackendChanged)
+        self.ui.serverUrlLineEdit.connect("editingFinished()", self.onBackendChanged)
+        self.ui.serverTokenLineEdit.connect("editingFinished()", self.onBackendChanged)
+        self.onBackendChanged()
         self.ui.pauseSlider.connect("valueChanged(int)", self.onPauseChanged)
         self.ui.showOverlayCheckBox.connect("toggled(bool)", self.onShowOverlayToggled)
         self.ui.autoRunCheckBox.connect("toggled(bool)", self.updateParameterNodeFromGUI)
@@ -445,6 +451,15 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 node.RemoveAllControlPoints()
 
     # -- the worker ----------------------------------------------------------------------------------------
+    def onBackendChanged(self, *_):
+        """Local (automatic) or a named server; the token is never saved with the scene."""
+        server = self.ui.backendComboBox.currentIndex == 1
+        for widget in (self.ui.serverUrlLineEdit, self.ui.serverTokenLineEdit):
+            widget.enabled = server
+        shared.choose_backend(shared.SERVER if server else shared.LOCAL, self.ui.serverUrlLineEdit.text,
+                              self.ui.serverTokenLineEdit.text)
+        self.ui.backendStatusLabel.text = "not connected yet"
+
     def _submit(self, request):
         if not self._ensureReady(request.model):
             return
@@ -460,6 +475,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _poll(self):
         if self._worker is not None:
             for outcome in self._worker.poll(OWNER):
+                self.ui.backendStatusLabel.text = shared.connection_state(outcome.error)
                 if outcome.error is not None:
                     self._showError(outcome.error)
                     continue
@@ -470,6 +486,9 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._progressDialog = slicer.util.createProgressDialog(
                         labelText="FastMedSAM is segmenting...", maximum=0, windowTitle="FastMedSAM")
                     self._progressDialog.setCancelButton(None)
+                done, total = shared.progress()
+                if self._progressDialog is not None and total:
+                    self._progressDialog.maximum, self._progressDialog.value = total, done
             else:
                 self._idle()
         if self._downloader is not None:

@@ -22,13 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import BackendError
+    from ..errors import RuntimeChoiceError
     from ..models import ADAPTERS, load_model, slice_adapter
     from ..runtime import weights_sha256
     from ..runtime.onnx_cache import encoder_onnx
 
     if args.model not in ADAPTERS:
-        raise BackendError(f"ONNX export covers the 2D box models ({', '.join(sorted(ADAPTERS))}), not {args.model!r}")
+        raise RuntimeChoiceError(f"ONNX export covers the 2D box models ({', '.join(sorted(ADAPTERS))}), not {args.model!r}")
     net = load_model(args.model, "cpu", args.weights)
     sha = weights_sha256(args.model, args.weights)
     size = slice_adapter(args.model).size

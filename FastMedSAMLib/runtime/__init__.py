@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Optional
 
-from ..errors import BackendError
+from ..errors import RuntimeChoiceError
 
 RUNTIMES = ("torch-exact", "torch", "onnxruntime", "onnxruntime-int8")
 DEFAULT_RUNTIME = "torch"
@@ -24,7 +24,7 @@ DEFAULT_RUNTIME = "torch"
 
 def validate_runtime(name: str) -> str:
     if name not in RUNTIMES:
-        raise BackendError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+        raise RuntimeChoiceError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
     return name
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..errors import BackendError
+from ..errors import RuntimeChoiceError
 
 OPSET = 17
 _CHUNK = 1 << 20
@@ -36,7 +36,7 @@ def _tools() -> str:
         import onnx
         import onnxruntime
     except ImportError as exc:
-        raise BackendError(
+        raise RuntimeChoiceError(
             f"the ONNX runtimes need the packages onnx and onnxruntime ({exc.name} is missing): "
             "pip install 'fastmedsam[onnx]', or use runtime='torch'"
         ) from None

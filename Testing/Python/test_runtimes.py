@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from FastMedSAMLib import Box, Session
-from FastMedSAMLib.errors import BackendError
+from FastMedSAMLib.errors import RuntimeChoiceError
 from FastMedSAMLib.evaluation.metrics import dice
 from FastMedSAMLib.io.images import read_image, read_label
 from FastMedSAMLib.runtime import DEFAULT_RUNTIME, RUNTIMES
@@ -90,7 +90,7 @@ def test_prepared_decoder_is_the_plain_decoder(cases, reference):
 
 
 def test_unknown_runtime_fails_before_loading():
-    with pytest.raises(BackendError, match="unknown runtime"):
+    with pytest.raises(RuntimeChoiceError, match="unknown runtime"):
         Session("litemedsam", "cpu", runtime="tensorrt")
 
 
