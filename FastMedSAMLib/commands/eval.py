@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from .arguments import add_device, add_manifest, add_pause, emit, name_list, positive_int
+from .arguments import add_device, add_manifest, add_pause, add_runtime, emit, name_list, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="only the token-pausing split's images (models/litemedsam-pause-split.json): evaluation = "
                         "images neither the pause heads nor the knob saw")
     add_pause(p, several=True)
+    add_runtime(p)
     add_device(p)
     p.add_argument("--out", type=Path, help="write the JSON report here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         instances_per_image=caps,
         images=_split_images(args.split),
         progress=not args.quiet,
+        runtime=args.runtime,
     )
     report["split"] = args.split
     return emit(report, markdown(report), args.out)
