@@ -151,8 +151,7 @@ def test_knob_pauses_more_as_it_rises(net, heads, xray):
 def test_moderate_knob_keeps_dice_on_real_cases(net, heads, btcv, xray):
     """pause = 0.15 (15% of the token work paused on unseen images, see calibrate.py) on a CT slice (3 largest
     organs) and a chest X-ray (both lungs, each lung): Dice stays within 5 points per object and 2 points on average
-    of the unpaused model's. (At 0.25 one lung loses 7 points: the per-dataset curve in the README shows X-rays
-    are among the first to suffer.)"""
+    of the unpaused model's. (At 0.25 one X-ray lung loses 7 points: X-rays are among the first to suffer.)"""
     plain, paused = [], []
     for tensor, frame, cases in (btcv, xray):
         cases = cases[:3]
