@@ -20,6 +20,7 @@ from FastMedSAMLogicLib.prompt_nodes import EXCLUDE, INCLUDE, box3d_from_roi, bo
 from FastMedSAMLogicLib.segment_io import Region, write_region
 from FastMedSAMLogicLib.worker import PredictionWorker
 
+from . import views
 from .scenario import (
     LesionScene,
     add_points,
@@ -495,6 +496,8 @@ BODIES: Tuple[Tuple[str, Callable[[SelfTestContext], Dict[str, object]]], ...] =
     ("pause_knob_checks", pause_knob_checks),
     ("prompt_events", prompt_events),
     ("worker_supersedes", worker_supersedes),
+    ("prompts_in_any_view", views.prompts_in_any_view),
+    ("view_slice_follows_the_view", views.view_slice_follows_the_view),
 )
 
 
