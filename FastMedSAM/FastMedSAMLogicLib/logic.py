@@ -27,7 +27,7 @@ from .overlay import TimingHistory, TimingRecord, format_overlay
 from .parameters import Parameters
 from .segment_io import Region, read_region, write_region
 from .undo import UndoStack, UndoState
-from .view_frame import ViewFrame, view_frame, view_slice_index, volume_frame
+from .view_frame import ViewFrame, plane_step_mm, view_containing, view_frame, view_slice_index, volume_frame
 
 SessionFactory = Callable[[str, str], SessionLike]  # (model, device) -> a Session (local) or a RemoteSession
 
@@ -471,14 +471,49 @@ class FastMedSAMLogic:
 
     # -- prompt events ---------------------------------------------------------------------------------------
     def watch_prompt_nodes(self, nodes: Sequence, callback: Callable[[object], None]) -> None:
-        """Call `callback(node)` whenever a point is placed on one of `nodes` or a handle drag ends."""
+        """Call `callback(node)` once a prompt is complete: a point placed, an ROI's last corner placed (never after
+        its first click: the box is still empty then), or a handle drag ended."""
         self.unwatch_prompt_nodes()
         for node in nodes:
             if node is None:
                 continue
             for event in (node.PointPositionDefinedEvent, node.PointEndInteractionEvent):
-                tag = node.AddObserver(event, lambda caller, _event, cb=callback: cb(caller))
+                tag = node.AddObserver(event, lambda caller, _event, cb=callback: self._on_prompt_event(caller, cb))
                 self._observations.append((node, tag))
+
+    @staticmethod
+    def _on_prompt_event(node, callback: Callable[[object], None]) -> None:
+        if prompt_nodes.is_roi(node) and not prompt_nodes.roi_complete(node):
+            return
+        callback(node)
+
+    @staticmethod
+    def default_input_volume(scene):
+        """The first volume the module's input selector can show: a scalar volume that is not a labelmap
+        (`GetFirstNodeByClass` matches subclasses, and the selector hides them)."""
+        nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+        for index in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(index)
+            if not node.IsA("vtkMRMLLabelMapVolumeNode"):
+                return node
+        return None
+
+    def view_of_prompt(self, node, views: Sequence[Tuple[str, object]], preferred: Optional[str] = None):
+        """The name of the slice view a prompt node was drawn in (see `view_frame.view_containing`): an ROI's
+        centre, a fiducial's newest point. `views`: (name, SliceToRAS) pairs."""
+        if node is None or node.GetNumberOfControlPoints() == 0:
+            return preferred
+        if prompt_nodes.is_roi(node):
+            centre = [0.0, 0.0, 0.0]
+            node.GetCenterWorld(centre)
+            points = np.array([centre])
+        else:
+            points = prompt_nodes.defined_points_world(node)[-1:]
+        return view_containing(points, views, preferred) or preferred
+
+    def plane_step(self, volume, slice_to_ras) -> float:
+        """mm between two planes of the view's frame (what one slice along the view's normal is)."""
+        return plane_step_mm(self.frame_of_view(volume, slice_to_ras), volume)
 
     def unwatch_prompt_nodes(self) -> None:
         for node, tag in self._observations:

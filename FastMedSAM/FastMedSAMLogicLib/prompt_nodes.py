@@ -44,6 +44,16 @@ def is_fiducial(node) -> bool:
     return node.IsA("vtkMRMLMarkupsFiducialNode")
 
 
+def roi_complete(roi) -> bool:
+    """True once an ROI is fully placed: every control point its placement needs is defined (an ROI drawn with two
+    clicks is incomplete, and empty, after the first) and it spans a box (not a point)."""
+    if not roi.GetControlPointPlacementComplete():
+        return False
+    size = [0.0, 0.0, 0.0]
+    roi.GetSizeWorld(size)
+    return sum(s > 0 for s in size) >= 2
+
+
 def defined_points_world(node) -> np.ndarray:
     """(N, 3) world positions of the node's placed (defined) control points."""
     positions = [

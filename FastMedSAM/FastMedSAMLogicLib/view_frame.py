@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -241,3 +241,29 @@ def _as_array(matrix) -> np.ndarray:
     if array.shape != (4, 4):
         raise ImageError(f"a slice view's SliceToRAS is a 4x4 matrix, not {array.shape}")
     return array
+
+
+def plane_step_mm(frame: ViewFrame, volume) -> float:
+    """Distance in mm between two planes of the frame (along the view's normal)."""
+    to_world = parent_to_world(volume)
+    matrix = frame.index_to_local(volume) if to_world is None else to_world @ frame.index_to_local(volume)
+    return float(np.linalg.norm(matrix[:3, 2]))
+
+
+def view_containing(points_world: np.ndarray, views: Sequence[Tuple[str, object]], preferred: Optional[str] = None,
+                    tolerance_mm: float = 0.01) -> Optional[str]:
+    """The name of the slice view whose plane holds every point (Slicer places markups exactly on the plane of the
+    view clicked in); `preferred` (the view under the pointer, or the last one used) wins a tie. None if no view
+    holds them all. `views`: (name, SliceToRAS) pairs."""
+    points = np.atleast_2d(np.asarray(points_world, dtype=float))
+    if points.size == 0:
+        return None
+    holding = []
+    for name, slice_to_ras in views:
+        matrix = _as_array(slice_to_ras)
+        normal = _unit(matrix[:3, 2])
+        if np.all(np.abs((points - matrix[:3, 3]) @ normal) <= tolerance_mm):
+            holding.append(name)
+    if preferred in holding:
+        return preferred
+    return holding[0] if holding else None

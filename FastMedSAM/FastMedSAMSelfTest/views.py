@@ -106,7 +106,14 @@ def gt_prompt(ctx, scene: LesionScene, view: str) -> ViewPrompt:
 
 
 def roi_in_view(scene_mrml, scene: LesionScene, prompt: ViewPrompt, flat: bool, name: str):
-    """An ROI with the view's axes whose faces lie on the voxel edges of the prompt's box in the frame; flat (one
+    """A new ROI placed by `place_roi_in_view`."""
+    roi = scene_mrml.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    place_roi_in_view(roi, scene, prompt, flat)
+    return roi
+
+
+def place_roi_in_view(roi, scene: LesionScene, prompt: ViewPrompt, flat: bool) -> None:
+    """The ROI with the view's axes, its faces on the voxel edges of the prompt's box in the frame; flat (one
     plane, the middle one) for a 2D box."""
     box = prompt.box
     middle = (box.z0 + box.z1) / 2
@@ -121,10 +128,8 @@ def roi_in_view(scene_mrml, scene: LesionScene, prompt: ViewPrompt, flat: bool, 
     object_to_world = np.eye(4)
     object_to_world[:3, :3] = units
     object_to_world[:3, 3] = (index_to_world @ np.r_[(lo + hi) / 2, 1.0])[:3]
-    roi = scene_mrml.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
     roi.SetAndObserveObjectToNodeMatrix(util.vtkMatrixFromArray(object_to_world))
     roi.SetSize(*((hi - lo) * steps).tolist())
-    return roi
 
 
 def covered(frame: ViewFrame, k0: int, k1: int) -> np.ndarray:
