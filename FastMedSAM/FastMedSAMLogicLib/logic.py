@@ -174,7 +174,9 @@ class FastMedSAMLogic:
 
     def _base_request(self, kind: str, volume, segmentation, segment_id: str, model: str, device: str,
                       prompt_nodes_used: Sequence, slice_index: Optional[int], pause: float,
-                      slice_to_ras=None) -> Request:
+                      slice_to_ras=None, planes: Optional[Tuple[int, int]] = None) -> Request:
+        """`planes`: the frame planes the prompt needs; an oblique view's resampling is limited to them (a big
+        CT resliced whole would take tens of seconds; one plane takes milliseconds)."""
         pause, pause_note = resolve_pause(model, pause)
         if volume is None or segmentation is None:
             raise PromptError("choose an input volume and an output segmentation first")
@@ -182,14 +184,15 @@ class FastMedSAMLogic:
             raise PromptError(f"segmentation {segmentation.GetName()!r} has no segment {segment_id!r}")
         start = time.perf_counter()
         frame = self.frame_of_view(volume, slice_to_ras)
-        key = self._image_key(volume, frame)
+        planes = None if frame.aligned or planes is None else (max(planes[0], 0), min(planes[1], frame.shape[0] - 1))
+        key = self._image_key(volume, frame) + (planes,)
         shape_kji = frame.shape
         image = None
         if self._loaded_image.get((model, device)) != key:
             array = util.arrayFromVolume(volume)
             if array.ndim == 4 and array.shape[-1] != 3:
                 raise ImageError(f"volume {volume.GetName()!r} has {array.shape[-1]} components; FastMedSAM takes 1 or 3")
-            array = array if frame.is_identity else frame.image(array)
+            array = array if frame.is_identity else frame.image(array, planes)
             # world geometry when the parent transforms are linear; the volume's own otherwise (only pixels matter)
             to_world = parent_to_world(volume)
             local = frame.index_to_local(volume)
@@ -213,10 +216,13 @@ class FastMedSAMLogic:
         that view's normal (None: along the volume's K axis)."""
         if roi is None or not prompt_nodes.is_roi(roi):
             raise PromptError("a 3D box prompt needs a markups ROI node")
-        request = self._base_request("3D", volume, segmentation, segment_id, model, device, [roi], None, pause,
-                                     slice_to_ras)
         start = time.perf_counter()
-        box = prompt_nodes.box3d_from_roi(volume, roi, request.frame)
+        frame = self.frame_of_view(volume, slice_to_ras)
+        box = prompt_nodes.box3d_from_roi(volume, roi, None if frame.is_identity else frame)
+        prompts_ms = ms_since(start)
+        request = self._base_request("3D", volume, segmentation, segment_id, model, device, [roi], None, pause,
+                                     slice_to_ras, planes=(int(box.z0), int(box.z1)))
+        start = time.perf_counter()
         depth = request.shape_kji[0]
         if box.z1 < 0 or box.z0 > depth - 1:
             raise PromptError(f"ROI {roi.GetName()!r} covers slices {box.z0}..{box.z1}, outside the volume (0..{depth - 1})")
@@ -224,7 +230,7 @@ class FastMedSAMLogic:
             request.kind, request.slice_index, box = "slice", 0, box.slice_box(0)
         request.box = box
         request.prompt_region = self._box_region(box, request.shape_kji)
-        request.logic_ms["prompts"] = ms_since(start)
+        request.logic_ms["prompts"] = prompts_ms + ms_since(start)
         return request
 
     def prepare_slice(self, volume, prompt_nodes_used: Sequence, segmentation, segment_id: str,
@@ -238,8 +244,9 @@ class FastMedSAMLogic:
             if slice_to_ras is None:
                 raise PromptError("give the slice index or the view the prompts were drawn in")
             slice_index = self.view_slice_index(volume, slice_to_ras)
+        planes = (int(slice_index), int(slice_index)) if isinstance(slice_index, (int, np.integer)) else None
         request = self._base_request("slice", volume, segmentation, segment_id, model, device,
-                                     prompt_nodes_used, slice_index, pause, slice_to_ras)
+                                     prompt_nodes_used, slice_index, pause, slice_to_ras, planes)
         start = time.perf_counter()
         depth = request.shape_kji[0]
         if not (isinstance(slice_index, (int, np.integer)) and 0 <= slice_index < depth):

@@ -62,8 +62,9 @@ class ViewFrame:
         return ijk_to_local(volume) @ self.index_to_ijk
 
     # -- volume -> frame ---------------------------------------------------------------------------------------
-    def image(self, array_kji: np.ndarray) -> np.ndarray:
-        """The volume's (K, J, I[, C]) array in the frame, (K', J', I'[, C])."""
+    def image(self, array_kji: np.ndarray, planes: Optional[Tuple[int, int]] = None) -> np.ndarray:
+        """The volume's (K, J, I[, C]) array in the frame, (K', J', I'[, C]). Oblique frames: only `planes`
+        (k0, k1 inclusive; None = all) are resampled, the others stay 0."""
         if self.axes is not None:
             return np.ascontiguousarray(_permute(array_kji, *self.axes))
         # the engine's intensity rule on the whole volume first, so the resampled planes (and the empty corners
@@ -72,7 +73,7 @@ class ViewFrame:
         from FastMedSAMLib.io.intensity import to_uint8
 
         u8 = to_uint8(Image.from_array(np.asarray(array_kji)))
-        return np.clip(np.rint(_resample(u8, self.index_to_ijk, self.shape)), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(_resample(u8, self.index_to_ijk, self.shape, planes)), 0, 255).astype(np.uint8)
 
     # -- frame -> volume ---------------------------------------------------------------------------------------
     def to_volume(self, region: Region, mask: np.ndarray) -> Tuple[Region, np.ndarray, np.ndarray]:
@@ -135,15 +136,18 @@ def _unpermute(array_kji: np.ndarray, source: Tuple[int, int, int], flips: Tuple
     return np.ascontiguousarray(np.swapaxes(moved, 0, 2))
 
 
-def _resample(array_kji: np.ndarray, index_to_ijk: np.ndarray, shape: Tuple[int, int, int]) -> np.ndarray:
-    """Trilinear resampling of the volume on the frame grid, plane by plane; outside the volume: 0."""
+def _resample(array_kji: np.ndarray, index_to_ijk: np.ndarray, shape: Tuple[int, int, int],
+              planes: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """Trilinear resampling of the volume on the frame grid, plane by plane (only `planes` when given, the others
+    0); outside the volume: 0."""
     from scipy.ndimage import map_coordinates
 
     depth, height, width = shape
     js, is_ = np.meshgrid(np.arange(height, dtype=float), np.arange(width, dtype=float), indexing="ij")
     channels = array_kji.shape[3:]
-    out = np.empty(shape + channels, dtype=np.float32)
-    for k in range(depth):
+    out = np.zeros(shape + channels, dtype=np.float32)
+    first, last = (0, depth - 1) if planes is None else planes
+    for k in range(max(first, 0), min(last, depth - 1) + 1):
         plane = np.c_[is_.ravel(), js.ravel(), np.full(is_.size, float(k)), np.ones(is_.size)] @ index_to_ijk.T
         coordinates = [plane[:, 2], plane[:, 1], plane[:, 0]]
         if channels:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import vtk
@@ -30,17 +30,18 @@ SLAB = 2  # planes on each side of the middle one for the 3D box
 class ViewPrompt:
     frame: ViewFrame
     slice_to_ras: np.ndarray
-    box: Box3D  # the ground-truth box in the frame's voxel indices (inclusive)
+    box: Box3D  # the ground-truth box over the 3D box's planes, in the frame's voxel indices (inclusive)
+    plane_box: Box  # the ground-truth box of the object's middle plane (z = that plane)
 
 
-def load_heart_scene(scene, volumes_logic, data_dir: Path) -> LesionScene:
+def load_heart_scene(scene, volumes_logic, data_dir: Path, case: str = HEART) -> LesionScene:
     """The LA MR volume, oblique (rotated directions, moved origin, anisotropic spacing), under a rotated and
     shifted parent transform, with its ground truth on the same voxel grid."""
-    volume = volumes_logic.AddArchetypeVolume(str(data_dir / f"{HEART}_img.nii.gz"), "LA heart", 0, vtk.vtkStringArray())
-    label_node = volumes_logic.AddArchetypeVolume(str(data_dir / f"{HEART}_label.nii.gz"), "LA GT", 1,
+    volume = volumes_logic.AddArchetypeVolume(str(data_dir / f"{case}_img.nii.gz"), "LA heart", 0, vtk.vtkStringArray())
+    label_node = volumes_logic.AddArchetypeVolume(str(data_dir / f"{case}_label.nii.gz"), "LA GT", 1,
                                                   vtk.vtkStringArray())
     if volume is None or label_node is None:
-        raise RuntimeError(f"could not load {data_dir / HEART}")
+        raise RuntimeError(f"could not load {data_dir / case}")
     label = np.array(util.arrayFromVolume(label_node)) > 0
     for node in (label_node.GetStorageNode(), label_node.GetDisplayNode(), label_node):
         if node is not None:
@@ -85,24 +86,27 @@ def frame_label(frame: ViewFrame, label: np.ndarray) -> np.ndarray:
     return frame.image(label.astype(np.uint8)) > 0
 
 
-def gt_prompt(ctx, scene: LesionScene, view: str) -> ViewPrompt:
-    """The GT box of the object's middle plane in the view (and SLAB planes either side for the 3D box)."""
+def gt_prompt(ctx, scene: LesionScene, view: str, slab: Optional[int] = SLAB) -> ViewPrompt:
+    """The GT box of the object's middle plane in the view, over `slab` planes either side for the 3D box (None:
+    every plane the object reaches along the view's normal)."""
     centre = [(scene.box[4] + scene.box[5]) / 2, (scene.box[2] + scene.box[3]) / 2, (scene.box[0] + scene.box[1]) / 2]
     slice_to_ras = view_matrix(scene, view, centre)
     frame = ctx.logic.frame_of_view(scene.volume, slice_to_ras)
     truth = frame_label(frame, scene.label)
     planes = np.nonzero(truth.any(axis=(1, 2)))[0]
     middle = int((planes.min() + planes.max()) // 2)
-    k0, k1 = middle - SLAB, middle + SLAB
+    k0, k1 = (int(planes.min()), int(planes.max())) if slab is None else (middle - slab, middle + slab)
     _, js, is_ = np.nonzero(truth[k0:k1 + 1])
     box = Box3D(int(is_.min()), int(js.min()), k0, int(is_.max()), int(js.max()), k1)
+    _, js, is_ = np.nonzero(truth[middle:middle + 1])
+    plane_box = Box(int(is_.min()), int(js.min()), int(is_.max()), int(js.max()), z=middle)
     # the view's plane through the middle plane: same axes, origin moved along the normal
     index_to_world = scene.ijk_to_world() @ frame.index_to_ijk
     slice_to_ras = slice_to_ras.copy()
     along = index_to_world[:3, 2]
     offset = middle - frame.world_to_index(scene.volume, slice_to_ras[:3, 3][None])[0][2]
     slice_to_ras[:3, 3] += offset * along
-    return ViewPrompt(frame, slice_to_ras, box)
+    return ViewPrompt(frame, slice_to_ras, box, plane_box)
 
 
 def roi_in_view(scene_mrml, scene: LesionScene, prompt: ViewPrompt, flat: bool, name: str):
@@ -115,9 +119,8 @@ def roi_in_view(scene_mrml, scene: LesionScene, prompt: ViewPrompt, flat: bool, 
 def place_roi_in_view(roi, scene: LesionScene, prompt: ViewPrompt, flat: bool) -> None:
     """The ROI with the view's axes, its faces on the voxel edges of the prompt's box in the frame; flat (one
     plane, the middle one) for a 2D box."""
-    box = prompt.box
-    middle = (box.z0 + box.z1) / 2
-    z0, z1 = (middle, middle) if flat else (box.z0 - 0.5, box.z1 + 0.5)
+    box = prompt.plane_box if flat else prompt.box
+    z0, z1 = (box.z, box.z) if flat else (box.z0 - 0.5, box.z1 + 0.5)
     index_to_world = scene.ijk_to_world() @ prompt.frame.index_to_ijk
     lo = np.array([box.x0 - 0.5, box.y0 - 0.5, z0])
     hi = np.array([box.x1 + 0.5, box.y1 + 0.5, z1])
@@ -186,7 +189,7 @@ def prompts_in_any_view(ctx) -> Dict[str, object]:
             prompt = gt_prompt(ctx, heart, view)
             frame, box = prompt.frame, prompt.box
             assert frame.aligned == (view != "oblique"), f"{view}: aligned={frame.aligned}"
-            middle = (box.z0 + box.z1) // 2
+            middle = prompt.plane_box.z
             segmentation, (target_2d, target_3d) = ctx.new_segmentation(f"{view} views", "2D", "3D")
             flat = roi_in_view(ctx.scene, heart, prompt, True, f"{view} 2D box")
             deep = roi_in_view(ctx.scene, heart, prompt, False, f"{view} 3D box")
@@ -201,8 +204,7 @@ def prompts_in_any_view(ctx) -> Dict[str, object]:
             written_3d = segment_array(ctx.scene, ctx.segmentations_logic, segmentation, target_3d, volume)
 
             session.set_image(frame.image(array))
-            box_2d = Box(box.x0, box.y0, box.x1, box.y1, z=middle)
-            expected_2d = engine_mask_in_volume(session, frame, box_2d, middle, middle)
+            expected_2d = engine_mask_in_volume(session, frame, prompt.plane_box, middle, middle)
             expected_3d = engine_mask_in_volume(session, frame, box, box.z0, box.z1)
             assert np.array_equal(written_2d, expected_2d), f"{view}: 2D mask differs from the engine's mapped back"
             assert np.array_equal(written_3d, expected_3d), f"{view}: 3D mask differs from the engine's mapped back"
