@@ -1,7 +1,9 @@
 """FastMedSAM: interactive segmentation with efficient Segment-Anything models in 3D Slicer.
 
 The widget is thin: everything that reads or writes MRML lives in `FastMedSAMLogicLib` (no Qt, tested headless),
-predictions run on one persistent worker thread (`FastMedSAMLogicLib.worker`), and the panel state per model comes
+predictions run in a backend process (the local `fastmedsam serve` child of `FastMedSAMLogicLib.backend_process`,
+or a team's server) reached through one thread that only does socket I/O (`FastMedSAMLogicLib.shared`), and the
+panel state per model comes
 from `FastMedSAMLogicLib.panel`.
 """
 import contextlib
@@ -107,6 +109,10 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.updateParameterNodeFromGUI)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.backendComboBox.connect("currentIndexChanged(int)", self.onBackendChanged)
+        self.ui.serverUrlLineEdit.connect("editingFinished()", self.onBackendChanged)
+        self.ui.serverTokenLineEdit.connect("editingFinished()", self.onBackendChanged)
+        self.onBackendChanged()
         self.ui.pauseSlider.connect("valueChanged(int)", self.onPauseChanged)
         self.ui.showOverlayCheckBox.connect("toggled(bool)", self.onShowOverlayToggled)
         self.ui.autoRunCheckBox.connect("toggled(bool)", self.updateParameterNodeFromGUI)
@@ -462,6 +468,15 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 node.RemoveAllControlPoints()
 
     # -- the worker ----------------------------------------------------------------------------------------
+    def onBackendChanged(self, *_):
+        """Local (automatic) or a named server; the token is never saved with the scene."""
+        server = self.ui.backendComboBox.currentIndex == 1
+        for widget in (self.ui.serverUrlLineEdit, self.ui.serverTokenLineEdit):
+            widget.enabled = server
+        shared.choose_backend(shared.SERVER if server else shared.LOCAL, self.ui.serverUrlLineEdit.text,
+                              self.ui.serverTokenLineEdit.text)
+        self.ui.backendStatusLabel.text = "not connected yet"
+
     def _submit(self, request):
         if not self._ensureReady(request.model):
             return
@@ -477,6 +492,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _poll(self):
         if self._worker is not None:
             for outcome in self._worker.poll(OWNER):
+                self.ui.backendStatusLabel.text = shared.connection_state(outcome.error)
                 if outcome.error is not None:
                     self._showError(outcome.error)
                     continue
@@ -484,7 +500,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._showResult(self.logic.apply(outcome.request, outcome.result))
             if self._worker.busy:
                 if time.monotonic() - self._busySince > PROGRESS_DELAY_S:
-                    self._showProgress(True)
+                    self._showProgress(True, *shared.progress())
             else:
                 self._idle()
         if self._downloader is not None:
@@ -501,9 +517,10 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not busy:
             self._timer.stop()
 
-    def _showProgress(self, shown):
+    def _showProgress(self, shown, done=0, total=0):
         """One busy indicator in the main window's status bar, made once and reused: unlike a progress dialog it
-        never becomes the active window, so the module's shortcuts keep working while it shows."""
+        never becomes the active window, so the module's shortcuts keep working while it shows. `total` > 0: the
+        slices done of a 3D propagation."""
         if self._progressBar is None:
             mainWindow = slicer.util.mainWindow()
             if mainWindow is None or not shown:
@@ -515,6 +532,13 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._progressBar.setMaximumWidth(220)
             self._progressBar.setFocusPolicy(qt.Qt.NoFocus)
             mainWindow.statusBar().addPermanentWidget(self._progressBar)
+        if total:
+            self._progressBar.setRange(0, total)
+            self._progressBar.setValue(done)
+            self._progressBar.setFormat("FastMedSAM: %v / %m slices")
+        else:
+            self._progressBar.setRange(0, 0)
+            self._progressBar.setFormat("FastMedSAM is segmenting...")
         self._progressBar.setVisible(shown)
 
     def _idle(self):

@@ -17,11 +17,12 @@ from .api import Prediction, SessionLike
 from .errors import FastMedSAMError
 from .prompts import Box, Box3D, Point
 
-__all__ = ["Session", "SessionLike", "Prediction", "Box", "Box3D", "Point", "FastMedSAMError"]
+__all__ = ["Session", "RemoteSession", "SessionLike", "Prediction", "Box", "Box3D", "Point", "FastMedSAMError"]
 __version__ = "0.1.0"
 
 # Session pulls in torch; resolve it lazily so `import FastMedSAMLib` stays cheap (CLI start-up, Slicer module scan).
-_LAZY = {"Session": ".session"}
+# RemoteSession is torch-free but lazy too: only a client needs its HTTP code.
+_LAZY = {"Session": ".session", "RemoteSession": ".client.remote_session"}
 
 
 def __getattr__(name: str) -> Any:

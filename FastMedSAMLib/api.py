@@ -27,6 +27,8 @@ class Prediction:
     prompt: Dict[str, object] = field(default_factory=dict)
     # token pausing: fraction of tokens paused per encoder block (mean over the slices used), None when pause = 0
     paused_by_block: Optional[List[float]] = None
+    # remote sessions only: ms spent queued on the server, on the server in all, and on the wire (round trip - server)
+    transport: Dict[str, float] = field(default_factory=dict)
 
     @property
     def paused_fraction(self) -> float:

@@ -36,3 +36,39 @@ class PauseError(FastMedSAMError, ValueError):
 
 class DeviceError(FastMedSAMError, ValueError):
     """The compute device asked for does not exist here (e.g. 'cuda' on a machine torch sees no GPU on)."""
+
+
+class BackendError(FastMedSAMError):
+    """The prediction backend (a FastMedSAM server) could not serve the request; the message says why."""
+
+
+class BackendUnreachableError(BackendError):
+    """No FastMedSAM server answers at the URL (not started, wrong address or port, network down)."""
+
+
+class AuthError(BackendError):
+    """The server refused the token: missing, wrong, or not allowed for this request."""
+
+
+class BackendBusyError(BackendError):
+    """The server is at capacity (too many sessions or queued requests); retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManySessionsError(BackendBusyError):
+    """This token already holds as many sessions as the server allows; close one or wait for idle ones to expire."""
+
+
+class LimitError(BackendError, ValueError):
+    """A request exceeds a server limit (body bytes, voxels); the message names the limit."""
+
+
+class UploadError(BackendError, ValueError):
+    """An uploaded image was truncated, corrupt, or does not match the digest it was sent under."""
+
+
+class JobCancelledError(BackendError):
+    """A long prediction (3D propagation) was cancelled before it finished."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -124,8 +124,12 @@ class Session:
         box: Optional[Union[Box, Box3D]] = None,
         points: Optional[Sequence[Point]] = None,
         mask: Optional[np.ndarray] = None,
+        *,
+        progress: Optional[Callable[[int, int], None]] = None,
     ) -> Prediction:
-        """Segment from a 2D box on one slice, a 3D box (propagated slice by slice) or points."""
+        """Segment from a 2D box on one slice, a 3D box (propagated slice by slice) or points.
+
+        `progress(done, total)` follows a 3D propagation slice by slice; an exception it raises stops it."""
         if self._u8 is None:
             raise PromptError("no image: call set_image() before predict()")
         start = time.perf_counter()
@@ -135,7 +139,7 @@ class Session:
             return prediction
         box = self._box_from_prompts(box, points, mask)
         if isinstance(box, Box3D):
-            prediction = self._predict_box3d(box)
+            prediction = self._predict_box3d(box, progress)
         else:
             prediction = self._predict_box2d(box)
         prediction.timings["total"] = (time.perf_counter() - start) * 1000.0
@@ -191,7 +195,7 @@ class Session:
             paused_by_block=result.paused,
         )
 
-    def _predict_box3d(self, box: Box3D) -> Prediction:
+    def _predict_box3d(self, box: Box3D, progress: Optional[Callable[[int, int], None]] = None) -> Prediction:
         if not self.is_volume:
             raise PromptError("a 3D box needs a volume; this image is 2D (use Box)")
         depth, height, width = self._shape_zyx()
@@ -199,7 +203,7 @@ class Session:
             raise PromptError(f"3D box slices {box.z0}..{box.z1} lie outside the volume (0..{depth - 1})")
         plane = Box(box.x0, box.y0, box.x1, box.y1).clipped(height, width)
         clipped = Box3D(plane.x0, plane.y0, max(int(box.z0), 0), plane.x1, plane.y1, min(int(box.z1), depth - 1))
-        result = self._engine.propagate(self._image_key, self._u8, clipped)
+        result = self._engine.propagate(self._image_key, self._u8, clipped, progress)
         return Prediction(
             mask=result.mask,
             timings=dict(result.timings),

@@ -26,6 +26,11 @@ REQUIREMENTS = (
     Requirement("cv2", "opencv-python-headless>=4.8"),
     Requirement("PIL", "Pillow>=10"),
     Requirement("tqdm", "tqdm>=4.60"),
+    # the local backend (`fastmedsam serve`, started as a child process with Slicer's Python)
+    Requirement("fastapi", "fastapi>=0.110"),
+    Requirement("uvicorn", "uvicorn>=0.29"),
+    Requirement("pydantic_settings", "pydantic-settings>=2.2"),
+    Requirement("zstandard", "zstandard>=0.22"),
 )
 
 

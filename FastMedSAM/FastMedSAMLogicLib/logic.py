@@ -304,7 +304,8 @@ class FastMedSAMLogic:
         return Region(k, k, math.floor(min(ys)), math.ceil(max(ys)), math.floor(min(xs)), math.ceil(max(xs))).clipped(shape_kji)
 
     # -- step 2: the Session (worker thread; no MRML here) ---------------------------------------------------
-    def predict(self, request: Request) -> SessionOutcome:
+    def predict(self, request: Request, progress: Optional[Callable[[int, int], None]] = None) -> SessionOutcome:
+        """`progress(done, total)` follows a 3D propagation slice by slice (on this thread)."""
         session = self.session(request.model, request.device)
         set_image_ms = 0.0
         if request.image is not None:
@@ -316,7 +317,8 @@ class FastMedSAMLogic:
         elif self._loaded_image.get((request.model, request.device)) != request.image_key:
             raise FastMedSAMError("the image changed since this prompt was prepared; prompt again")
         session.set_pause(request.pause)  # the same Session (weights, cached embeddings) at another knob
-        prediction = session.predict(box=request.box, points=request.points)
+        extra = {} if progress is None else {"progress": progress}
+        prediction = session.predict(box=request.box, points=request.points, **extra)
         return SessionOutcome(prediction, str(getattr(session, "device", request.device)), set_image_ms)
 
     # -- step 3: mask -> segment (main thread) ---------------------------------------------------------------

@@ -31,10 +31,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_manifest(p, "the CT volumes")
     p.add_argument("--out", type=Path, help="write the JSON report here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    remote = p.add_argument_group("remote", "measure a FastMedSAM server beside the local Session (bench_remote)")
+    remote.add_argument("--remote", metavar="URL", help="server URL, e.g. http://127.0.0.1:8765 (token: FASTMEDSAM_TOKEN)")
+    remote.add_argument("--clients", type=positive_int, default=8, help="concurrent clients of the load check (default 8)")
+    remote.add_argument("--clicks", type=positive_int, default=50, help="cached clicks per client (default 50)")
     p.set_defaults(func=run, models=None)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.remote:
+        import os
+
+        from ..evaluation.bench_remote import bench_remote
+        from ..evaluation.bench_remote import markdown as remote_markdown
+
+        report = bench_remote(args.remote, os.environ.get("FASTMEDSAM_TOKEN"), args.manifest.parent,
+                              model=(args.models or ["litemedsam"])[0], clicks=args.clicks, clients=args.clients,
+                              device=args.device)
+        return emit(report, remote_markdown(report), args.out)
     from ..evaluation.bench import bench, markdown
 
     report = bench(

@@ -103,13 +103,17 @@ class SliceEngine:
         mask, iou = self._decode(embedding, frame, frame.box_to_frame(box.x0, box.y0, box.x1, box.y1), timings)
         return SliceResult(mask, iou, timings, encoded, paused)
 
-    def propagate(self, key_prefix: Hashable, volume_u8: np.ndarray, box: Box3D) -> VolumeResult:
+    def propagate(self, key_prefix: Hashable, volume_u8: np.ndarray, box: Box3D,
+                  progress: Optional[Callable[[int, int], None]] = None) -> VolumeResult:
         """CVPR24 middle-out propagation: the middle slice takes the 3D box's 2D box; every other slice takes the
-        box of its neighbour's mask (enlarged by 3 px in the model frame), or the middle box if that mask is empty."""
+        box of its neighbour's mask (enlarged by 3 px in the model frame), or the middle box if that mask is empty.
+
+        `progress(done, total)` is called after each slice; an exception it raises stops the propagation."""
         z0, z1 = int(box.z0), int(box.z1)
         z_mid = int((z1 - z0) / 2 + z0)
         result = VolumeResult(mask=np.zeros(volume_u8.shape[:3], dtype=bool), iou=0.0)
         paused_per_slice: List[List[float]] = []
+        done = 0
         for order in (range(z_mid, z1 + 1), range(z_mid - 1, z0 - 1, -1)):
             previous: Optional[np.ndarray] = None if order.start == z_mid else result.mask[z_mid]
             for z in order:
@@ -122,6 +126,9 @@ class SliceEngine:
                     frame_box = frame.box_to_frame(box.x0, box.y0, box.x1, box.y1)
                 mask, iou = self._decode(embedding, frame, frame_box, result.timings)
                 result.mask[z] = mask
+                done += 1
+                if progress is not None:
+                    progress(done, z1 - z0 + 1)
                 if z == z_mid:
                     result.iou = iou
                 previous = mask

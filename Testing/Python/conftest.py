@@ -49,3 +49,13 @@ def litemedsam_checkpoint() -> Path:
     from FastMedSAMLib.weights.store import ensure_weights
 
     return ensure_weights("litemedsam")
+
+
+@pytest.fixture(scope="session")
+def live_server(litemedsam_checkpoint):
+    """A FastMedSAM server (uvicorn, real Sessions on the CPU) on a free loopback port, for the whole test run."""
+    from live_server import ThreadServer
+
+    server = ThreadServer(device="cpu")
+    yield server
+    server.stop()

@@ -1,6 +1,6 @@
 """The Session contract (`FastMedSAMLib.api.SessionLike`), written once and run against every session type.
 
-A session type joins by adding a factory to `SESSION_KINDS`: (model, tmp_path) -> a SessionLike. Each test uses
+A session type joins by adding a factory to `SESSION_KINDS`: (model, pytest request) -> a SessionLike. Each test uses
 real data and the real LiteMedSAM weights: the same image and prompts give the same mask, bad input raises the
 contract's error type and changes nothing."""
 from __future__ import annotations
@@ -17,19 +17,26 @@ from FastMedSAMLib.evaluation.metrics import dice
 from FastMedSAMLib.io.images import read_image, read_label
 
 
-def _local(model: str):
+def _local(model: str, request) -> SessionLike:
     from FastMedSAMLib import Session
 
     return Session(model=model, device="cpu")
 
 
-SESSION_KINDS: Dict[str, Callable[[str], SessionLike]] = {"local": _local}
+def _remote(model: str, request) -> SessionLike:
+    """A RemoteSession talking to a live server on loopback (the whole contract over HTTP)."""
+    from FastMedSAMLib import RemoteSession
+
+    return RemoteSession(request.getfixturevalue("live_server").url, model=model)
+
+
+SESSION_KINDS: Dict[str, Callable[[str, object], SessionLike]] = {"local": _local, "remote": _remote}
 LESION = "ct_deeplesion_medsam2/CT_Lesion_000015_01_01_103-115.npz"
 
 
 @pytest.fixture(scope="module", params=sorted(SESSION_KINDS))
 def session(request, litemedsam_checkpoint) -> SessionLike:
-    return SESSION_KINDS[request.param]("litemedsam")
+    return SESSION_KINDS[request.param]("litemedsam", request)
 
 
 @pytest.fixture(scope="module")

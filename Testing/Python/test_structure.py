@@ -95,6 +95,7 @@ def test_public_contract_imports_without_torch() -> None:
         "from FastMedSAMLib.api import STAGES\n"
         "from FastMedSAMLib.errors import PauseError, RegistryError, DeviceError\n"
         "from FastMedSAMLib.evaluation.metrics import dice\n"
+        "from FastMedSAMLib import RemoteSession\n"
         "import FastMedSAMLib.cli\n"
         "FastMedSAMLib.cli.build_parser()\n"
         "assert 'torch' not in sys.modules\n"

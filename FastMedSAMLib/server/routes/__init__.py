@@ -1,0 +1,1 @@
+"""One router per topic: health, models, images, sessions (and their predictions), jobs."""
