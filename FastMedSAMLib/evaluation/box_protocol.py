@@ -106,11 +106,13 @@ def summarise(cases: Sequence[CaseResult]) -> Dict[str, Any]:
     return out
 
 
-def _open_sessions(model: str, pauses: Sequence[float], device: str, cache_mb: float) -> Dict[float, Any]:
+def _open_sessions(model: str, pauses: Sequence[float], device: str, cache_mb: float,
+                   runtime: Optional[str] = None) -> Dict[float, Any]:
     """One Session per knob value (each with its own embedding cache)."""
     from ..session import Session
 
-    return {pause: Session(model=model, device=device, cache_mb=cache_mb, pause=pause) for pause in pauses}
+    return {pause: Session(model=model, device=device, cache_mb=cache_mb, pause=pause, runtime=runtime)
+            for pause in pauses}
 
 
 def _run_target(session: Any, target: Target, label: np.ndarray, spacing: Optional[Tuple[float, ...]]) -> Tuple[Optional[float], Optional[float], int, float, Optional[str]]:
@@ -145,16 +147,22 @@ def evaluate(
     device: str = "cpu",
     cache_mb: float = 1024,
     instances_per_image: Optional[Mapping[str, Optional[int]]] = None,
+    images: Optional[Sequence[str]] = None,
     progress: bool = True,
+    runtime: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Run the protocol and return the report (see `report_json`): cases, summaries, skipped entries, settings."""
+    """Run the protocol and return the report (see `report_json`): cases, summaries, skipped entries, settings.
+    `images`: only these manifest image names (e.g. the token-pausing evaluation split); `runtime` None is the
+    Session's default runtime."""
     from tqdm import tqdm
 
     from ..io.intensity import intensity_rule
 
     entries = read_manifest(manifest)
     chosen = select(entries, datasets)
-    sessions = _open_sessions(model, list(pauses), device, cache_mb)
+    if images is not None:
+        chosen = [e for e in chosen if e.image_name in set(images)]
+    sessions = _open_sessions(model, list(pauses), device, cache_mb, runtime)
     cases: List[CaseResult] = []
     counts: Dict[str, int] = defaultdict(int)
     started = time.perf_counter()
@@ -176,8 +184,10 @@ def evaluate(
     bar.close()
     return {
         "model": model,
+        "runtime": next(iter(sessions.values())).runtime if sessions else runtime,
         "manifest": str(Path(manifest).resolve()),
         "pauses": [float(p) for p in pauses],
+        "images": None if images is None else sorted(set(images)),
         "protocol": {
             "2D": "tight box on the image",
             "3D": "3D box -> middle-out propagation",
