@@ -38,6 +38,11 @@ class DeviceError(FastMedSAMError, ValueError):
     """The compute device asked for does not exist here (e.g. 'cuda' on a machine torch sees no GPU on)."""
 
 
+class RuntimeChoiceError(FastMedSAMError, ValueError):
+    """A runtime (torch-exact, torch, onnxruntime, ...) is unknown, not offered for this model, or its packages are
+    not installed here."""
+
+
 class BackendError(FastMedSAMError):
     """The prediction backend (a FastMedSAM server) could not serve the request; the message says why."""
 

@@ -14,6 +14,7 @@ import torch
 
 from .api import STAGES, Prediction
 from .engines.cache import EmbeddingCache
+from .engines.prefetch import ModelGate, Prefetch, outward, start_prefetch
 from .engines.slice_engine import SliceEngine
 from .errors import ImageError, PromptError
 from .io.images import Image, read_image
@@ -35,6 +36,10 @@ class Session:
 
     `pause` in [0, 1] is the token-pausing knob of models that have pause heads (LiteMedSAM): 0 runs the plain
     encoder, higher values pause more tokens mid-encoder (faster, less exact); `set_pause` changes it at any time.
+
+    `runtime` is how the 2D models compute (see `FastMedSAMLib.runtime`): "torch-exact" (the eager reference
+    modules), "torch" (folded/fused), "onnxruntime", "onnxruntime-int8"; None takes `DEFAULT_RUNTIME`. The 3D point
+    models run their eager modules whatever the runtime.
     """
 
     def __init__(
@@ -46,10 +51,13 @@ class Session:
         points_as_box: bool = False,
         weights: Optional[Path] = None,
         pause: float = 0.0,
+        runtime: Optional[str] = None,
     ) -> None:
         from .pause import validate_pause
+        from .runtime import DEFAULT_RUNTIME, build_runtime, validate_runtime
 
-        validate_pause(pause)  # a bad knob fails before any weights load
+        validate_pause(pause)  # a bad knob or runtime fails before any weights load
+        runtime = validate_runtime(runtime or DEFAULT_RUNTIME)
         self.spec = get_spec(model)
         self.model_name = model
         self.device = resolve_device(device)
@@ -61,7 +69,14 @@ class Session:
 
             self._engine: Union[SliceEngine, "CropEngine"] = CropEngine(self.net, self.device, self.cache)
         else:
-            self._engine = SliceEngine(self.net, slice_adapter(model), self.device, self.cache)
+            adapter = slice_adapter(model)
+            self._engine = SliceEngine(self.net, adapter, self.device, self.cache)
+            self._runtime = build_runtime(runtime, self.net, model, self.device, frame=adapter.size, weights=weights)
+            self._engine.encoder, self._engine.encoder_tag = self._runtime.encoder, self._runtime.tag
+            self._engine.decoder = self._runtime.decoder
+        self.runtime = runtime if isinstance(self._engine, SliceEngine) else "torch-exact"
+        self._gate = ModelGate()
+        self._prefetch: Optional[Prefetch] = None
         self.image: Optional[Image] = None
         self._u8: Optional[np.ndarray] = None
         self.pause = 0.0
@@ -80,15 +95,16 @@ class Session:
             return
         if not isinstance(self._engine, SliceEngine):
             raise PauseError(f"token pausing is not available for the 3D point model {self.model_name!r}; use pause=0")
-        if value == 0.0:
-            self._engine.encoder, self._engine.encoder_tag = self.net.encode, None
-        else:
-            if self._paused_encoder is None:
-                self._paused_encoder = paused_encoder(self.net, self.model_name, value)
+        with self._gate.prompt():  # never under a running prefetch's encode
+            if value == 0.0:
+                self._engine.encoder, self._engine.encoder_tag = self._runtime.encoder, self._runtime.tag
             else:
-                self._paused_encoder.set_pause(value)
-            self._engine.encoder, self._engine.encoder_tag = self._paused_encoder, ("pause", value)
-        self.pause = value
+                if self._paused_encoder is None:
+                    self._paused_encoder = paused_encoder(self.net, self.model_name, value)
+                else:
+                    self._paused_encoder.set_pause(value)
+                self._engine.encoder, self._engine.encoder_tag = self._paused_encoder, ("pause", value)
+            self.pause = value
 
     # -- image -----------------------------------------------------------------------------------------------
     def set_image(
@@ -110,6 +126,7 @@ class Session:
             image = Image.from_array(image, spacing=spacing, origin=origin, direction=direction, modality=modality)
         elif not isinstance(image, Image):
             raise ImageError(f"set_image takes an array, a path or an Image, not {type(image).__name__}")
+        self.cancel_prefetch()
         self._u8 = to_uint8(image, window=window)
         self.image = image
         self._image_key = (image.identity, window)
@@ -133,15 +150,16 @@ class Session:
         if self._u8 is None:
             raise PromptError("no image: call set_image() before predict()")
         start = time.perf_counter()
-        if "point" in self.spec.prompts:
-            prediction = self._predict_points(box, points, mask)
-            prediction.timings["total"] = (time.perf_counter() - start) * 1000.0
-            return prediction
-        box = self._box_from_prompts(box, points, mask)
-        if isinstance(box, Box3D):
-            prediction = self._predict_box3d(box, progress)
-        else:
-            prediction = self._predict_box2d(box)
+        with self._gate.prompt():  # a running prefetch yields before its next slice
+            if "point" in self.spec.prompts:
+                prediction = self._predict_points(box, points, mask)
+                prediction.timings["total"] = (time.perf_counter() - start) * 1000.0
+                return prediction
+            box = self._box_from_prompts(box, points, mask)
+            if isinstance(box, Box3D):
+                prediction = self._predict_box3d(box, progress)
+            else:
+                prediction = self._predict_box2d(box)
         prediction.timings["total"] = (time.perf_counter() - start) * 1000.0
         return prediction
 
@@ -240,12 +258,38 @@ class Session:
             prompt={"points": list(points)},
         )
 
+    # -- prefetch --------------------------------------------------------------------------------------------
+    def prefetch(self, slices: Optional[Sequence[int]] = None, center: Optional[int] = None) -> Prefetch:
+        """Encode slices of the current volume in the background: `center` (the viewed slice; default the middle)
+        first, then outward; `slices` defaults to all. Replaces a running prefetch. Any prompt pre-empts it (it
+        waits at most for the one slice being encoded); it stops once its slices would fill the cache; results are
+        the same with or without it. Returns the job (`.cancel()`, `.wait()`, `.encoded`, `.timeline`)."""
+        if not self.is_volume or not isinstance(self._engine, SliceEngine):
+            raise PromptError("prefetch needs a volume and a 2D box model (3D point models encode one crop per prompt)")
+        depth = self._u8.shape[0]
+        chosen = range(depth) if slices is None else list(slices)
+        bad = [z for z in chosen if not 0 <= int(z) < depth]
+        if bad:
+            raise PromptError(f"prefetch slices {bad[:5]} are not slice indices of this volume (0..{depth - 1})")
+        centre = depth // 2 if center is None else int(center)
+        self.cancel_prefetch()
+        self._prefetch = start_prefetch(self._engine, self._gate, self._image_key, self._u8, outward(chosen, centre))
+        return self._prefetch
+
+    def cancel_prefetch(self) -> None:
+        """Stop a running prefetch (the slice being encoded finishes; what it cached stays cached)."""
+        job = getattr(self, "_prefetch", None)
+        if job is not None:
+            job.cancel()
+            job.wait()
+
     # -- cache -----------------------------------------------------------------------------------------------
     def cache_info(self) -> Dict[str, int]:
         return self.cache.info()
 
     def clear_cache(self) -> None:
-        self.cache.clear()
+        with self._gate.prompt():
+            self.cache.clear()
 
 
 __all__ = ["Session", "Prediction", "STAGES"]

@@ -65,6 +65,27 @@ def add_pause(p: argparse.ArgumentParser, several: bool = False) -> None:
                        help="token-pausing knob in [0, 1]: 0 = the plain model (default), higher = faster, less exact")
 
 
+def add_runtime(p: argparse.ArgumentParser, several: bool = False) -> None:
+    from ..runtime import DEFAULT_RUNTIME, RUNTIMES
+
+    if several:
+        p.add_argument("--runtimes", type=runtime_list, default=[DEFAULT_RUNTIME],
+                       help=f"comma-separated runtimes side by side ({', '.join(RUNTIMES)}, or all; default {DEFAULT_RUNTIME})")
+    else:
+        p.add_argument("--runtime", choices=RUNTIMES, default=None,
+                       help=f"how the model computes (default {DEFAULT_RUNTIME}; torch-exact = the reference modules)")
+
+
+def runtime_list(text: str) -> List[str]:
+    from ..runtime import RUNTIMES
+
+    names = list(RUNTIMES) if text.strip() == "all" else name_list(text)
+    unknown = [n for n in names if n not in RUNTIMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown runtime(s) {unknown or text!r}; use {', '.join(RUNTIMES)} or all")
+    return names
+
+
 def add_manifest(p: argparse.ArgumentParser, what: str = "the development data") -> None:
     p.add_argument("--manifest", type=Path, default=default_manifest(),
                    help=f"manifest.json giving {what} (default: ../shared/data/manifest.json)")

@@ -1,10 +1,11 @@
-"""`fastmedsam bench --model litemedsam --out bench.json [--models a,b] [--pause 0,0.25] [--repeats 5]`"""
+"""`fastmedsam bench --model litemedsam --out bench.json [--models a,b] [--pause 0,0.25] [--runtimes all]
+[--chart bench.png] [--repeats 5]`"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .arguments import add_device, add_manifest, add_pause, emit, name_list, positive_int
+from .arguments import add_device, add_manifest, add_pause, add_runtime, emit, name_list, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument("--model", dest="models", type=lambda t: [t], help="one registry model (default litemedsam)")
     models.add_argument("--models", dest="models", type=name_list, help="comma-separated registry models")
     add_pause(p, several=True)
+    add_runtime(p, several=True)
     p.add_argument("--repeats", type=positive_int, default=5, help="repeats; medians are reported (default 5)")
     p.add_argument(
         "--weights", choices=("official", "recipe"), default="official",
@@ -30,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device(p)
     add_manifest(p, "the CT volumes")
     p.add_argument("--out", type=Path, help="write the JSON report here")
+    p.add_argument("--chart", type=Path, help="draw the side-by-side chart into this PNG")
+    p.add_argument("--prefetch-timeline", action="store_true",
+                   help="instead: prompt latency with / without background prefetch on the left-atrium MR, per runtime")
+    p.add_argument("--agreement", action="store_true",
+                   help="instead: each runtime's masks and logits against torch-exact on real 2D images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     remote = p.add_argument_group("remote", "measure a FastMedSAM server beside the local Session (bench_remote)")
     remote.add_argument("--remote", metavar="URL", help="server URL, e.g. http://127.0.0.1:8765 (token: FASTMEDSAM_TOKEN)")
@@ -51,14 +58,39 @@ def run(args: argparse.Namespace) -> int:
         return emit(report, remote_markdown(report), args.out)
     from ..evaluation.bench import bench, markdown
 
+    if args.prefetch_timeline:
+        return _timelines(args)
+    if args.agreement:
+        from ..evaluation.runtime_agreement import agreement_markdown, runtime_agreement
+
+        report = runtime_agreement(args.manifest, args.runtimes, model=(args.models or ["litemedsam"])[0],
+                                   device=args.device)
+        return emit(report, agreement_markdown(report), args.out)
+
     report = bench(
         args.models or ["litemedsam"],
         args.manifest,
         pauses=args.pause,
+        runtimes=args.runtimes,
         repeats=args.repeats,
         weights=args.weights,
         device=args.device,
         threads=args.threads,
         progress=not args.quiet,
     )
+    if args.chart:
+        from ..evaluation.bench_chart import draw_chart
+
+        draw_chart(report, args.chart)
     return emit(report, markdown(report), args.out)
+
+
+def _timelines(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..evaluation.prefetch_timeline import prefetch_timeline, timeline_markdown
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reports = [prefetch_timeline(args.manifest, runtime, args.device) for runtime in args.runtimes]
+    return emit({"prefetch_timelines": reports}, "\n\n".join(timeline_markdown(r) for r in reports), args.out)

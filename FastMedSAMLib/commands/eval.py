@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from .arguments import add_device, add_manifest, add_pause, emit, name_list, positive_int
+from .arguments import add_device, add_manifest, add_pause, add_runtime, emit, name_list, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="sample N instances per image in the instance datasets (default: the reference's 60, EM 100)",
     )
     add_pause(p, several=True)
+    add_runtime(p)
     add_device(p)
     p.add_argument("--out", type=Path, help="write the JSON report here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -59,5 +60,6 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         instances_per_image=caps,
         progress=not args.quiet,
+        runtime=args.runtime,
     )
     return emit(report, markdown(report), args.out)

@@ -63,6 +63,11 @@ class EmbeddingCache:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
 
+    def entry_bytes(self, key: Hashable) -> int:
+        """Bytes the entry under `key` holds (0 if absent)."""
+        entry = self._entries.get(key)
+        return 0 if entry is None else entry[1]
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -57,8 +57,9 @@ def frame_box_from_mask(mask: np.ndarray, frame: Frame, margin: int = PROPAGATIO
 class SliceEngine:
     """Runs one 2D family (`SamModel` + its `SliceAdapter`) on uint8 slices with an embedding cache.
 
-    `encoder` is what turns a preprocessed slice into an embedding: `net.encode`, or a token-paused encoder (which
-    reports `last_stats`); `encoder_tag` tells cached embeddings of different encoders apart."""
+    `encoder` is what turns a preprocessed slice into an embedding: `net.encode`, a runtime's encoder, or a
+    token-paused encoder (which reports `last_stats`); `encoder_tag` tells cached embeddings of different encoders
+    apart. `decoder` is called like `net.decode` (a runtime may prepare the image side once per embedding)."""
 
     def __init__(self, net: SamModel, adapter: SliceAdapter, device: torch.device, cache: EmbeddingCache) -> None:
         self.net = net
@@ -67,6 +68,7 @@ class SliceEngine:
         self.cache = cache
         self.encoder: Callable[[torch.Tensor], torch.Tensor] = net.encode
         self.encoder_tag: Hashable = None
+        self.decoder: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = net.decode
 
     def _embedding(self, key: Hashable, slice_u8: np.ndarray, timings: Dict[str, float]) -> Tuple[torch.Tensor, Frame, bool, Optional[List[float]]]:
         key = (self.encoder_tag, key)
@@ -86,10 +88,18 @@ class SliceEngine:
         self.cache.put(key, (embedding, frame, paused))
         return embedding, frame, True, paused
 
+    def ensure_embedding(self, key: Hashable, slice_u8: np.ndarray) -> bool:
+        """Encode and cache the slice under `key` unless it is cached (background prefetch); True if it encoded."""
+        if (self.encoder_tag, key) in self.cache:
+            return False
+        return self._embedding(key, slice_u8, dict.fromkeys(STAGES, 0.0))[2]
+
     def _decode(self, embedding: torch.Tensor, frame: Frame, frame_box: np.ndarray, timings: Dict[str, float]) -> Tuple[np.ndarray, float]:
         start = time.perf_counter()
         boxes = torch.as_tensor(frame_box, dtype=torch.float32, device=self.device)[:, None, :]
-        low_res, iou = self.net.decode(embedding, boxes=boxes)
+        low_res, iou = self.decoder(embedding, boxes=boxes)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         timings["decode"] += ms_since(start)
         start = time.perf_counter()
         mask = self.adapter.postprocess(low_res, frame)

@@ -1,13 +1,14 @@
 """Speed and memory of models through the public `Session` API, all variants side by side in one process.
 
-A variant is (model, token-pause knob). Each model family has a workload: a list of named measurements, each one
+A variant is (model, token-pause knob, runtime). Each model family has a workload: a list of named measurements, each one
 call `(session, data) -> {figure: value}`. Every repeat runs every measurement on every variant before the next
 repeat starts, so slow phases of a shared machine hit all variants alike and their ratios stay meaningful; the
 report gives medians over the repeats.
 
 Box-prompt 2D families (LiteMedSAM, MedficientSAM): cold encode of one real CT slice (cache cleared), a cached
-click (a second box on the same slice: decode only), and 3D propagation over the real DeepLesion volumes (13-16
-slices: cold, then again with every slice cached). A new family plugs in by adding its workload to `WORKLOADS`.
+click (a second box on the same slice: decode only), 20 cached clicks with shifted boxes (p50 / p99), and 3D
+propagation over the real DeepLesion volumes (13-16 slices: cold, again with every slice cached, and after a
+background prefetch of its slices). A new family plugs in by adding its workload to `WORKLOADS`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import FastMedSAMError
+from ..prompts import Box
 from .bench3d import WORKLOADS_3D
 from .bench_data import BenchData, load_bench_data
 
@@ -49,6 +51,22 @@ def click_cached(session: Any, data: BenchData) -> Figures:
     return _prediction_figures(prediction, ("encode", "decode", "postprocess", "total"))
 
 
+CLICKS = 20  # cached clicks per repeat for the p50 / p99
+
+
+def clicks_cached(session: Any, data: BenchData) -> Figures:
+    """CLICKS boxes around the lesion box, shifted by a few px each, on the cached slice: decode + postprocess."""
+    session.set_image(data.slice_image)
+    base = data.boxes[1]
+    totals = []
+    for i in range(CLICKS):
+        dx, dy = (i % 5) - 2, (i // 5) - 2
+        box = Box(max(base.x0 + dx, 0), max(base.y0 + dy, 0), base.x1 + dx, base.y1 + dy)
+        totals.append(session.predict(box=box).timings["total"])
+    totals.sort()
+    return {"p50_ms": float(statistics.median(totals)), "p99_ms": totals[min(len(totals) - 1, int(0.99 * len(totals)))]}
+
+
 def propagate_3d(session: Any, data: BenchData) -> Figures:
     figures: Figures = {}
     for name, volume, box in data.volumes:
@@ -60,12 +78,19 @@ def propagate_3d(session: Any, data: BenchData) -> Figures:
         figures[f"{name}.seconds"] = cold.timings["total"] / 1000.0
         figures[f"{name}.encoder_calls"] = float(cold.encoder_calls)
         figures[f"{name}.warm_seconds"] = warm.timings["total"] / 1000.0
+        if hasattr(session, "prefetch"):
+            session.clear_cache()
+            start = time.perf_counter()
+            session.prefetch(slices=range(box.z0, box.z1 + 1), center=(box.z0 + box.z1) // 2).wait()
+            figures[f"{name}.prefetch_seconds"] = time.perf_counter() - start
+            figures[f"{name}.after_prefetch_seconds"] = session.predict(box=box).timings["total"] / 1000.0
     return figures
 
 
 BOX_2D: List[Tuple[str, Measurement]] = [
     ("encode_cold", encode_cold),
     ("click_cached", click_cached),
+    ("clicks_cached", clicks_cached),
     ("propagate_3d", propagate_3d),
 ]
 # registry family -> workload. A family without one is reported as skipped.
@@ -82,6 +107,7 @@ class Variant:
     model: str
     pause: float
     weights: str  # "official" or "recipe"
+    runtime: Optional[str] = None  # None: the Session's default
     session: Any = None
     workload: List[Tuple[str, Measurement]] = field(default_factory=list)
     note: Optional[str] = None  # why it was skipped
@@ -93,7 +119,8 @@ class Variant:
     @property
     def label(self) -> str:
         suffix = f" pause={self.pause:g}" if self.pause else ""
-        return f"{self.model}{suffix}" + (" (recipe weights)" if self.weights == "recipe" else "")
+        runtime = f" [{self.runtime}]" if self.runtime else ""
+        return f"{self.model}{suffix}{runtime}" + (" (recipe weights)" if self.weights == "recipe" else "")
 
 
 def rss_mb() -> float:
@@ -144,6 +171,9 @@ def _open_variant(variant: Variant, device: str, parity_dir: Path, scratch: Path
         variant.note = f"no bench workload for family {spec.family!r} yet (add one to bench.WORKLOADS)"
         return
     variant.workload = WORKLOADS[spec.family]
+    if spec.dimensionality == "3D" and variant.runtime not in (None, "torch-exact"):
+        variant.note = "3D point models run their eager modules whatever the runtime (see the torch-exact column)"
+        return
     weights = None
     if variant.weights == "recipe":
         weights = recipe_checkpoint(variant.model, parity_dir, scratch)
@@ -155,7 +185,8 @@ def _open_variant(variant: Variant, device: str, parity_dir: Path, scratch: Path
         return
     start = time.perf_counter()
     try:
-        variant.session = Session(model=variant.model, device=device, weights=weights, pause=variant.pause)
+        variant.session = Session(model=variant.model, device=device, weights=weights, pause=variant.pause,
+                                  runtime=variant.runtime)
     except FastMedSAMError as exc:
         variant.note = str(exc)
         return
@@ -181,6 +212,7 @@ def bench(
     manifest: Union[str, Path],
     *,
     pauses: Sequence[float] = (0.0,),
+    runtimes: Sequence[Optional[str]] = (None,),
     repeats: int = 5,
     weights: str = "official",
     device: str = "cpu",
@@ -188,7 +220,7 @@ def bench(
     parity_dir: Optional[Path] = None,
     progress: bool = True,
 ) -> Dict[str, Any]:
-    """Benchmark every (model, pause) variant; returns the JSON-ready report."""
+    """Benchmark every (model, pause, runtime) variant; returns the JSON-ready report."""
     import torch
     from tqdm import tqdm
 
@@ -201,7 +233,7 @@ def bench(
     data = load_bench_data(manifest)
     parity_dir = parity_dir or Path(manifest).resolve().parent.parent / "parity"
     rss_start = rss_mb()
-    variants = [Variant(m, float(p), weights) for m in models for p in pauses]
+    variants = [Variant(m, float(p), weights, r) for m in models for p in pauses for r in runtimes]
     with tempfile.TemporaryDirectory(prefix="fastmedsam-bench-") as scratch:
         for variant in variants:
             _open_variant(variant, device, parity_dir, Path(scratch))
@@ -224,7 +256,8 @@ def bench(
             "device": str(live[0].session.device) if live else device,
             "cpu": cpu_model(),
         },
-        "settings": {"repeats": repeats, "weights": weights, "pauses": [float(p) for p in pauses], "models": list(models)},
+        "settings": {"repeats": repeats, "weights": weights, "pauses": [float(p) for p in pauses], "models": list(models),
+                     "runtimes": list(runtimes)},
         "data": {
             "slice": f"{data.volumes[0][0]} middle lesion slice {data.slice_image.array.shape}",
             "boxes": [list((b.x0, b.y0, b.x1, b.y1)) for b in data.boxes],
@@ -237,7 +270,8 @@ def bench(
 
 
 def _variant_report(variant: Variant) -> Dict[str, Any]:
-    report: Dict[str, Any] = {"label": variant.label, "model": variant.model, "pause": variant.pause, "weights": variant.weights}
+    report: Dict[str, Any] = {"label": variant.label, "model": variant.model, "pause": variant.pause,
+                              "weights": variant.weights, "runtime": variant.runtime}
     if variant.session is None:
         report.update(status="skipped", note=variant.note)
         return report
@@ -282,12 +316,16 @@ def markdown(report: Dict[str, Any]) -> str:
         lines.append(_row("cold click total ms", [get(v, "encode_cold", "total_ms") for v in ok], ".1f"))
         lines.append(_row("cached click total ms", [get(v, "click_cached", "total_ms") for v in ok], ".1f"))
         lines.append(_row("cached click decode ms", [get(v, "click_cached", "decode_ms") for v in ok], ".1f"))
+        lines.append(_row(f"cached clicks p50 ms ({CLICKS}/repeat)", [get(v, "clicks_cached", "p50_ms") for v in ok], ".1f"))
+        lines.append(_row("cached clicks p99 ms", [get(v, "clicks_cached", "p99_ms") for v in ok], ".1f"))
         names = sorted({k.split(".")[0] for v in ok for k in v["median"].get("propagate_3d", {})})
         for name in names:
             slices = next(v["median"]["propagate_3d"][f"{name}.slices"] for v in ok if "propagate_3d" in v["median"])
             lines.append(_row(f"3D {name} ({slices:.0f} sl) s", [get(v, "propagate_3d", f"{name}.seconds") for v in ok], ".2f"))
             lines.append(_row("  encoder calls", [get(v, "propagate_3d", f"{name}.encoder_calls") for v in ok], ".0f"))
             lines.append(_row("  again, all cached, s", [get(v, "propagate_3d", f"{name}.warm_seconds") for v in ok], ".2f"))
+            lines.append(_row("  prefetch (background) s", [get(v, "propagate_3d", f"{name}.prefetch_seconds") for v in ok], ".2f"))
+            lines.append(_row("  after prefetch s", [get(v, "propagate_3d", f"{name}.after_prefetch_seconds") for v in ok], ".2f"))
         lines.append(_row("load s", [v["load_seconds"] for v in ok], ".2f"))
         lines.append(_row("RSS after load MiB", [v["rss_mb_after_load"] for v in ok], ".0f"))
     lines.append(f"\npeak RSS {report['peak_rss_mb']:.0f} MiB (whole process, all variants)")

@@ -106,11 +106,13 @@ def summarise(cases: Sequence[CaseResult]) -> Dict[str, Any]:
     return out
 
 
-def _open_sessions(model: str, pauses: Sequence[float], device: str, cache_mb: float) -> Dict[float, Any]:
+def _open_sessions(model: str, pauses: Sequence[float], device: str, cache_mb: float,
+                   runtime: Optional[str] = None) -> Dict[float, Any]:
     """One Session per knob value (each with its own embedding cache)."""
     from ..session import Session
 
-    return {pause: Session(model=model, device=device, cache_mb=cache_mb, pause=pause) for pause in pauses}
+    return {pause: Session(model=model, device=device, cache_mb=cache_mb, pause=pause, runtime=runtime)
+            for pause in pauses}
 
 
 def _run_target(session: Any, target: Target, label: np.ndarray, spacing: Optional[Tuple[float, ...]]) -> Tuple[Optional[float], Optional[float], int, float, Optional[str]]:
@@ -146,15 +148,17 @@ def evaluate(
     cache_mb: float = 1024,
     instances_per_image: Optional[Mapping[str, Optional[int]]] = None,
     progress: bool = True,
+    runtime: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Run the protocol and return the report (see `report_json`): cases, summaries, skipped entries, settings."""
+    """Run the protocol and return the report (see `report_json`): cases, summaries, skipped entries, settings.
+    `runtime` None is the Session's default runtime."""
     from tqdm import tqdm
 
     from ..io.intensity import intensity_rule
 
     entries = read_manifest(manifest)
     chosen = select(entries, datasets)
-    sessions = _open_sessions(model, list(pauses), device, cache_mb)
+    sessions = _open_sessions(model, list(pauses), device, cache_mb, runtime)
     cases: List[CaseResult] = []
     counts: Dict[str, int] = defaultdict(int)
     started = time.perf_counter()
@@ -176,6 +180,7 @@ def evaluate(
     bar.close()
     return {
         "model": model,
+        "runtime": next(iter(sessions.values())).runtime if sessions else runtime,
         "manifest": str(Path(manifest).resolve()),
         "pauses": [float(p) for p in pauses],
         "protocol": {

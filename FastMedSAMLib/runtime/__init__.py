@@ -1,0 +1,72 @@
+"""Runtimes: how a Session computes the same model. `Session(..., runtime=NAME)`:
+
+* "torch-exact": the eager modules, bit-exact to the reference code (parity tests and reference comparisons).
+* "torch": the folded/fused encoder (LiteMedSAM's TinyViT; other families keep their eager encoder) and the
+  prepared decoder (image-side work once per embedding, only the mask that is used).
+* "onnxruntime": the image encoder exported to ONNX (`fastmedsam export-onnx MODEL`, cached and sha256-checked,
+  see `onnx_cache`), run by ONNX Runtime with every graph optimisation; the prepared torch decoder.
+* "onnxruntime-int8": the same export with dynamic int8 quantisation of the matrix products.
+
+`DEFAULT_RUNTIME` was chosen by measurement (README, *Runtimes*): the fastest runtime whose masks agree with
+torch-exact (mean Dice >= 0.995 on real slices) and whose development eval stays within 0.2 points.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Hashable, Optional
+
+from ..errors import RuntimeChoiceError
+
+RUNTIMES = ("torch-exact", "torch", "onnxruntime", "onnxruntime-int8")
+DEFAULT_RUNTIME = "torch"
+
+
+def validate_runtime(name: str) -> str:
+    if name not in RUNTIMES:
+        raise RuntimeChoiceError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+    return name
+
+
+@dataclass
+class Runtime:
+    """What a SliceEngine runs: `encoder(tensor) -> embedding`, `decoder` called like `SamModel.decode`, and the
+    tag that keeps cached embeddings of different encoders apart (None: the eager encoder's embeddings)."""
+
+    name: str
+    encoder: Callable[[Any], Any]
+    decoder: Callable[..., Any]
+    tag: Hashable
+    fused: bool = False  # the encoder is the folded/fused one (or an export of the model), not the eager modules
+
+
+def weights_sha256(model: str, weights: Optional[Path]) -> str:
+    """The sha256 of the weights a Session loaded: the registry's pinned one (the store verified the file against
+    it), or that of the file given."""
+    from ..weights.registry import get_spec
+    from .onnx_cache import sha256_file
+
+    return sha256_file(Path(weights)) if weights is not None else get_spec(model).sha256
+
+
+def build_runtime(name: str, net: Any, model: str, device: Any, *, frame: int, weights: Optional[Path] = None) -> Runtime:
+    """The runtime `name` for the loaded 2D model `net` (input frame `frame` px) on `device`."""
+    from .decoder import PreparedDecoder
+    from .fused import FusedEncoder, fusable
+
+    validate_runtime(name)
+    if name == "torch-exact":
+        return Runtime(name, net.encode, net.decode, None)
+    decoder = PreparedDecoder(net)
+    if name == "torch":
+        if fusable(net.image_encoder):
+            return Runtime(name, FusedEncoder(net.image_encoder), decoder, ("runtime", name), fused=True)
+        return Runtime(name, net.encode, decoder, None)
+    from .onnx_cache import encoder_onnx
+    from .ort import OrtEncoder
+
+    path = encoder_onnx(net.image_encoder, model, weights_sha256(model, weights), frame, int8=name.endswith("int8"))
+    return Runtime(name, OrtEncoder(path, device), decoder, ("runtime", name), fused=True)
+
+
+__all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "Runtime", "build_runtime", "validate_runtime", "weights_sha256"]

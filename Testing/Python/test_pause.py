@@ -74,13 +74,13 @@ def test_pause_zero_is_bitwise_the_plain_encoder_and_never_runs_the_paused_path(
 
     image = read_image(data_dir / "xray_lung" / "cxr" / "CHNCXR_0001_0.png")
     box = Box(40, 60, 200, 400)
-    plain = Session(model="litemedsam", device="cpu")
+    plain = Session(model="litemedsam", device="cpu", runtime="torch-exact")
     plain.set_image(image)
     expected = plain.predict(box=box).mask
     monkeypatch.setattr(PausedTinyViT, "forward", refuse)
     assert paused_encoder(net, "litemedsam", 0) is None
     for knob in (0, 0.0):
-        session = Session(model="litemedsam", device="cpu", pause=knob)
+        session = Session(model="litemedsam", device="cpu", pause=knob, runtime="torch-exact")
         session.set_image(image)
         np.testing.assert_array_equal(session.predict(box=box).mask, expected)
 

@@ -60,8 +60,8 @@ def test_3d_box_propagates_and_reuses_cached_slices(session, lesion):
     zs = np.nonzero(gt.any(axis=(1, 2)))[0]
     plane = tight_box(gt.any(axis=0))
     box = Box3D(plane.x0, plane.y0, int(zs.min()), plane.x1, plane.y1, int(zs.max()))
-    # cache keys are (encoder tag: None for the plain encoder, (image key, slice))
-    cached_before = sum((None, (session._image_key, z)) in session.cache for z in range(zs.min(), zs.max() + 1))
+    # cache keys are (encoder tag: the runtime's, or the pause knob's, (image key, slice))
+    cached_before = sum((session._engine.encoder_tag, (session._image_key, z)) in session.cache for z in range(zs.min(), zs.max() + 1))
     prediction = session.predict(box=box)
     assert prediction.mask.shape == gt.shape
     assert prediction.z_range == (int(zs.min()), int(zs.max()))
