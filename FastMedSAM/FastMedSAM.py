@@ -10,10 +10,8 @@ import contextlib
 import logging
 import time
 
-import numpy as np
 import qt
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
@@ -28,17 +26,16 @@ ensure_engine_importable()
 from FastMedSAMLib.errors import FastMedSAMError, PromptError  # noqa: E402
 from FastMedSAMLib.weights.registry import get_spec, list_specs  # noqa: E402
 from FastMedSAMLogicLib import dependencies, panel, shared  # noqa: E402
-from FastMedSAMLogicLib.geometry import world_to_ijk  # noqa: E402
 from FastMedSAMLogicLib.logic import FastMedSAMLogic  # noqa: E402,F401  (the module's Logic, scriptable)
 from FastMedSAMLogicLib.model_catalog import model_info  # noqa: E402
 from FastMedSAMLogicLib.overlay import format_history_row  # noqa: E402
 from FastMedSAMLogicLib.prompt_nodes import EXCLUDE, INCLUDE, set_role  # noqa: E402
+from FastMedSAMLogicLib.view_overlay import SliceViewOverlay  # noqa: E402
 from FastMedSAMLogicLib.worker import PredictionWorker  # noqa: E402
 
 POLL_MS = 50
 OWNER = "module-panel"  # its name on the prediction channel shared with the Segment Editor effect
-PROGRESS_DELAY_S = 0.6  # a progress dialog appears only for predictions slower than this
-OVERLAY_CORNER = vtk.vtkCornerAnnotation.UpperRight
+PROGRESS_DELAY_S = 0.6  # the progress indicator appears only for predictions slower than this
 PROMPT_NODES = {  # tool -> (parameter role, node class, name, colour)
     "include_point": ("IncludePoints", "vtkMRMLMarkupsFiducialNode", "FastMedSAM include", (0.2, 0.9, 0.2)),
     "exclude_point": ("ExcludePoints", "vtkMRMLMarkupsFiducialNode", "FastMedSAM exclude", (0.95, 0.2, 0.2)),
@@ -85,7 +82,9 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shortcuts = []
         self._busySince = None
         self._waitCursor = False
-        self._progressDialog = None
+        self._progressBar = None  # one status-bar indicator, reused; it never takes the focus
+        self._overlay = SliceViewOverlay()
+        self._lastView = "Red"  # the slice view the pointer was last in
         self._updating = False
 
     # -- set-up --------------------------------------------------------------------------------------------
@@ -140,6 +139,8 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _createShortcuts(self):
         mainWindow = slicer.util.mainWindow()
+        if mainWindow is None:  # --no-main-window (e.g. the generic widget test): no window to bind keys to
+            return
         for key, (widgetName, _) in panel.SHORTCUTS.items():
             shortcut = qt.QShortcut(qt.QKeySequence(key), mainWindow)
             shortcut.setEnabled(False)
@@ -171,7 +172,10 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shortcuts = []
         if self.logic is not None:
             self.logic.cleanup()
-        self._setOverlay("")
+        self._overlay.remove()
+        if self._progressBar is not None:
+            self._progressBar.setParent(None)
+            self._progressBar = None
 
     def onSceneStartClose(self, caller, event):
         self.logic.reset()
@@ -187,7 +191,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         parameters = self.logic.parameters
         if parameters.reference("InputVolume") is None:
-            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            volume = self.logic.default_input_volume(slicer.mrmlScene)
             if volume is not None:
                 parameters.set_reference("InputVolume", volume)
         self.updateGUIFromParameterNode()
@@ -260,11 +264,12 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateModelControls()
 
     def _installDependencies(self):
-        """Ask, then install the missing packages on this (main) thread; keeps an installed torch."""
+        """Ask (normal cursor), then install the missing packages on this (main) thread under a wait cursor;
+        keeps an installed torch. A failure shows one dialog and returns False (never raises out of a slot:
+        `slicer.util.tryWithErrorDisplay` would re-raise)."""
         installTorch = _installTorchWithExtension if hasattr(slicer.modules, "pytorchutils") else None
-        with slicer.util.tryWithErrorDisplay("Installing the FastMedSAM dependencies failed.", waitCursor=True):
-            return dependencies.install_missing(slicer.util.confirmOkCancelDisplay, slicer.util.pip_install, installTorch)
-        return False
+        return dependencies.install_with_feedback(slicer.util.confirmOkCancelDisplay, slicer.util.pip_install,
+                                                  slicer.util.errorDisplay, _waitCursor, installTorch)
 
     def onDownload(self):
         model = self.ui.modelComboBox.currentText
@@ -357,35 +362,42 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updating = False
 
     def onPromptPlaced(self, node):
+        """A prompt is complete (the Logic calls this once per point, once per finished box)."""
         if not self.ui.autoRunCheckBox.checked:
             return
+        view = self._viewOf(node)
         if node is self._promptNode("roi_3d", create=False):
-            self.onPropagate()
+            self.onPropagate(view)
         elif get_spec(self.ui.modelComboBox.currentText).dimensionality == "3D":
             self.onPropagate()
         else:
-            self.onSegmentSlice(self._sliceOf(node))
+            self.onSegmentSlice(view)
 
-    def _sliceOf(self, node):
-        """The slice index of the node's newest control point (an ROI's centre)."""
-        volume = self.ui.inputVolumeSelector.currentNode()
-        if volume is None or node.GetNumberOfControlPoints() == 0:
-            return None
-        position = [0.0, 0.0, 0.0]
-        if node.IsA("vtkMRMLMarkupsROINode"):
-            node.GetCenterWorld(position)
-        else:
-            node.GetNthControlPointPositionWorld(node.GetNumberOfControlPoints() - 1, position)
-        return int(round(world_to_ijk(volume, np.array([position]))[0][2]))
+    # -- slice views ---------------------------------------------------------------------------------------
+    def _sliceNodes(self):
+        """{view name: slice node} of the layout's slice views."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return {}
+        return {name: layoutManager.sliceWidget(name).mrmlSliceNode() for name in layoutManager.sliceViewNames()}
 
-    def _currentSliceIndex(self):
-        box = self._promptNode("box_2d", create=False)
-        if box is not None and box.GetNumberOfControlPoints():
-            return self._sliceOf(box)
-        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
-        center = [sliceNode.GetSliceToRAS().GetElement(i, 3) for i in range(3)]
-        volume = self.ui.inputVolumeSelector.currentNode()
-        return int(round(world_to_ijk(volume, np.array([center]))[0][2]))
+    def _pointerView(self):
+        """The slice view the pointer is in, else the last one it was in."""
+        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        if crosshair is not None:
+            sliceNode = crosshair.GetCursorPositionXYZ([0.0, 0.0, 0.0])
+            if sliceNode is not None and sliceNode.GetLayoutName() in self._sliceNodes():
+                self._lastView = sliceNode.GetLayoutName()
+        return self._lastView
+
+    def _viewOf(self, node):
+        """The view a prompt node was drawn in (whose plane holds it); the pointer's view otherwise."""
+        views = [(name, sliceNode.GetSliceToRAS()) for name, sliceNode in self._sliceNodes().items()]
+        return self.logic.view_of_prompt(node, views, self._pointerView())
+
+    def _sliceToRAS(self, view):
+        sliceNode = self._sliceNodes().get(view)
+        return None if sliceNode is None else sliceNode.GetSliceToRAS()
 
     def _output(self):
         """(volume, segmentation, segment id); creates the segmentation / segment when none is chosen."""
@@ -402,18 +414,22 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.attach_segmentation(volume, segmentation)
         return volume, segmentation, segmentId
 
-    def onSegmentSlice(self, sliceIndex=None):
+    def onSegmentSlice(self, view=None):
+        """Segment the plane of `view` (the 2D box's view, else the view under the pointer) with the prompts on it."""
         model, device = self.ui.modelComboBox.currentText, self.ui.deviceComboBox.currentText
         with self._reportingErrors():
             volume, segmentation, segmentId = self._output()
-            if sliceIndex is None:
-                sliceIndex = self._currentSliceIndex()
+            box = self._promptNode("box_2d", create=False)
+            if view is None:
+                view = self._viewOf(box) if box is not None and box.GetNumberOfControlPoints() else self._pointerView()
             nodes = [self._promptNode(t, create=False) for t in ("include_point", "exclude_point", "box_2d")]
             request = self.logic.prepare_slice(volume, [n for n in nodes if n is not None], segmentation, segmentId,
-                                               sliceIndex, model, device, self.logic.parameters.pause)
+                                               None, model, device, self.logic.parameters.pause,
+                                               slice_to_ras=self._sliceToRAS(view))
             self._submit(request)
 
-    def onPropagate(self):
+    def onPropagate(self, view=None):
+        """3D: the ROI propagated along the normal of the view it was drawn in (3D models: the points)."""
         model, device = self.ui.modelComboBox.currentText, self.ui.deviceComboBox.currentText
         with self._reportingErrors():
             volume, segmentation, segmentId = self._output()
@@ -424,9 +440,10 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:
                 roi = self._promptNode("roi_3d", create=False)
                 if roi is None or roi.GetNumberOfControlPoints() == 0:
-                    raise PromptError("draw a 3D box first (R)")
+                    raise PromptError("draw a 3D box first (3)")
+                view = view or self._viewOf(roi)
                 request = self.logic.prepare_box(volume, roi, segmentation, segmentId, model, device,
-                                                 self.logic.parameters.pause)
+                                                 self.logic.parameters.pause, slice_to_ras=self._sliceToRAS(view))
             self._submit(request)
 
     def onAccept(self):
@@ -482,13 +499,8 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 with self._reportingErrors():
                     self._showResult(self.logic.apply(outcome.request, outcome.result))
             if self._worker.busy:
-                if self._progressDialog is None and time.monotonic() - self._busySince > PROGRESS_DELAY_S:
-                    self._progressDialog = slicer.util.createProgressDialog(
-                        labelText="FastMedSAM is segmenting...", maximum=0, windowTitle="FastMedSAM")
-                    self._progressDialog.setCancelButton(None)
-                done, total = shared.progress()
-                if self._progressDialog is not None and total:
-                    self._progressDialog.maximum, self._progressDialog.value = total, done
+                if time.monotonic() - self._busySince > PROGRESS_DELAY_S:
+                    self._showProgress(True, *shared.progress())
             else:
                 self._idle()
         if self._downloader is not None:
@@ -505,11 +517,33 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not busy:
             self._timer.stop()
 
+    def _showProgress(self, shown, done=0, total=0):
+        """One busy indicator in the main window's status bar, made once and reused: unlike a progress dialog it
+        never becomes the active window, so the module's shortcuts keep working while it shows. `total` > 0: the
+        slices done of a 3D propagation."""
+        if self._progressBar is None:
+            mainWindow = slicer.util.mainWindow()
+            if mainWindow is None or not shown:
+                return
+            self._progressBar = qt.QProgressBar()
+            self._progressBar.setRange(0, 0)
+            self._progressBar.setFormat("FastMedSAM is segmenting...")
+            self._progressBar.setTextVisible(True)
+            self._progressBar.setMaximumWidth(220)
+            self._progressBar.setFocusPolicy(qt.Qt.NoFocus)
+            mainWindow.statusBar().addPermanentWidget(self._progressBar)
+        if total:
+            self._progressBar.setRange(0, total)
+            self._progressBar.setValue(done)
+            self._progressBar.setFormat("FastMedSAM: %v / %m slices")
+        else:
+            self._progressBar.setRange(0, 0)
+            self._progressBar.setFormat("FastMedSAM is segmenting...")
+        self._progressBar.setVisible(shown)
+
     def _idle(self):
         self._busySince = None
-        if self._progressDialog is not None:
-            self._progressDialog.close()
-            self._progressDialog = None
+        self._showProgress(False)
         if self._waitCursor:
             qt.QApplication.restoreOverrideCursor()
             self._waitCursor = False
@@ -532,13 +566,15 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._setOverlay(self.ui.latencyLabel.text if checked and len(self.logic.history) else "")
 
     def _setOverlay(self, text):
+        """The latency text in every slice view, drawn by our own actor (DataProbe rewrites the corner annotation
+        at every slice change); empty text hides it and leaves DataProbe's annotation alone."""
         layoutManager = slicer.app.layoutManager()
         if layoutManager is None:
             return
         for name in layoutManager.sliceViewNames():
             view = layoutManager.sliceWidget(name).sliceView()
-            view.cornerAnnotation().SetText(OVERLAY_CORNER, text)
-            view.forceRender()
+            self._overlay.show(name, view.renderWindow().GetRenderers().GetFirstRenderer(), text)
+            view.scheduleRender()
 
     # -- messages ------------------------------------------------------------------------------------------
     def _setStatus(self, text, error=False):
@@ -561,6 +597,15 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showError(error)
 
 
+@contextlib.contextmanager
+def _waitCursor():
+    qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+    try:
+        yield
+    finally:
+        qt.QApplication.restoreOverrideCursor()
+
+
 class FastMedSAMTest(ScriptedLoadableModuleTest):
     """Runs the same test bodies as the CI (`Testing/Python/test_slicer_logic.py`), here on Slicer's own scene."""
 
@@ -570,6 +615,21 @@ class FastMedSAMTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_FastMedSAM_logic()
+        self.setUp()
+        self.test_FastMedSAM_gui()
+
+    def test_FastMedSAM_gui(self):
+        """The widget end to end: boxes in the Yellow and Green views, segment, Dice, undo, overlay after a scroll."""
+        from FastMedSAMSelfTest import gui, scenario
+
+        dataDir = scenario.find_data_dir()
+        if dataDir is None or dependencies.missing_requirements():
+            self.delayDisplay("FastMedSAM GUI self-test skipped: test data or dependencies missing")
+            return
+        from FastMedSAMLib.weights.store import ensure_weights
+
+        ensure_weights("litemedsam", progress=False)
+        self.delayDisplay(f"FastMedSAM GUI test passed: Dice {gui.run_gui_test(self, dataDir)}")
 
     def test_FastMedSAM_logic(self):
         from FastMedSAMSelfTest import bodies, scenario

@@ -2,7 +2,7 @@
 import os
 
 import slicer
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
 
 class SegmentEditorFastMedSAM(ScriptedLoadableModule):
@@ -24,3 +24,27 @@ class SegmentEditorFastMedSAM(ScriptedLoadableModule):
         source = os.path.join(os.path.dirname(__file__), "SegmentEditorFastMedSAMLib", "SegmentEditorEffect.py")
         instance.setPythonSource(source.replace("\\", "/"))
         instance.self().register()
+
+
+class SegmentEditorFastMedSAMTest(ScriptedLoadableModuleTest):
+    """`ScriptedLoadableModule` registers a self-test for every module, hidden ones included; this one checks that
+    the effect is registered and can be selected in a Segment Editor."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_effect_registered()
+
+    def test_effect_registered(self):
+        editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+        editor = slicer.qMRMLSegmentEditorWidget()
+        editor.setMRMLScene(slicer.mrmlScene)
+        editor.setMRMLSegmentEditorNode(editorNode)
+        try:
+            self.assertIsNotNone(editor.effectByName("FastMedSAM"), "the FastMedSAM effect is not registered")
+            self.delayDisplay("SegmentEditorFastMedSAM self-test passed")
+        finally:
+            editor.setMRMLSegmentEditorNode(None)
+            slicer.mrmlScene.RemoveNode(editorNode)

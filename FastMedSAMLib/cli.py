@@ -10,7 +10,8 @@ from typing import List, Optional
 
 from .errors import FastMedSAMError
 
-COMMANDS = ["segment", "demo", "eval", "bench", "models", "serve", "train_pause", "pause_curve", "pause_curve_3d", "pause_map", "export_onnx"]
+COMMANDS = ["segment", "demo", "eval", "bench", "models", "serve", "train_pause", "calibrate_pause", "tune_pause", "pause_curve",
+            "pause_curve_3d", "pause_map", "export_onnx"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, ContextManager, List, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -76,3 +76,28 @@ def install_missing(
     if still_missing:
         raise RuntimeError(f"still missing after installation: {', '.join(r.package for r in still_missing)}")
     return True
+
+
+def install_with_feedback(
+    confirm: Callable[[str], bool],
+    pip_install: Callable[[List[str]], None],
+    show_error: Callable[[str], None],
+    busy: Callable[[], ContextManager],
+    install_torch: Optional[Callable[[], bool]] = None,
+    find_spec: Callable[[str], object] = importlib.util.find_spec,
+) -> bool:
+    """`install_missing` for a Qt slot: the question is asked with the normal cursor, only the installation runs
+    under `busy()` (a wait cursor), and any failure (pip's CalledProcessError included) becomes exactly one
+    `show_error` message and a False result: nothing is raised out of the slot."""
+    missing = missing_requirements(find_spec=find_spec)
+    if not missing:
+        return True
+    try:
+        torch_via_extension = install_torch is not None and any(r.module == "torch" for r in missing)
+        if not confirm(confirmation_text(missing, torch_via_extension)):
+            return False
+        with busy():
+            return install_missing(lambda _text: True, pip_install, install_torch, find_spec)
+    except Exception as error:  # a slot must not raise: one dialog says what failed
+        show_error(f"Installing the FastMedSAM dependencies failed:\n\n{error}")
+        return False

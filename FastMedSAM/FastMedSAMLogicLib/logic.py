@@ -21,12 +21,13 @@ from FastMedSAMLib.prompts import Box, Box3D, Point
 from FastMedSAMLib.timing import ms_since
 
 from . import prompt_nodes, segment_io
-from .geometry import ijk_to_local, ijk_to_world, lps_geometry, parent_to_world
+from .geometry import ijk_to_local, lps_geometry, parent_to_world
 from .model_catalog import pause_state
 from .overlay import TimingHistory, TimingRecord, format_overlay
 from .parameters import Parameters
 from .segment_io import Region, read_region, write_region
 from .undo import UndoStack, UndoState
+from .view_frame import ViewFrame, plane_step_mm, view_containing, view_frame, view_slice_index, volume_frame
 
 SessionFactory = Callable[[str, str], SessionLike]  # (model, device) -> a Session (local) or a RemoteSession
 
@@ -69,7 +70,7 @@ class Request:
     segmentation_id: str
     segment_id: str
     image_key: tuple
-    shape_kji: Tuple[int, int, int]
+    shape_kji: Tuple[int, int, int]  # of the frame the engine sees (the volume's own grid unless drawn in a view)
     is_2d_image: bool  # a one-slice volume goes to the Session as a 2D image
     prompt_key: tuple  # which prompt nodes produced it: a re-run with the same ones refines the pending result
     prompt_region: Region
@@ -80,6 +81,7 @@ class Request:
     pause: float = 0.0  # token-pausing knob the Session runs at (0 = the plain model)
     pause_note: str = ""  # why an asked knob was not applied, else empty
     logic_ms: Dict[str, float] = field(default_factory=dict)
+    frame: Optional[ViewFrame] = None  # the view's voxel grid (None: the volume's own, slices along K)
 
 
 @dataclass
@@ -149,51 +151,78 @@ class FastMedSAMLogic:
         self._loaded_image.clear()
 
     # -- step 1: MRML -> request (main thread) ---------------------------------------------------------------
-    def _image_key(self, volume) -> tuple:
+    def _image_key(self, volume, frame: ViewFrame) -> tuple:
         image = volume.GetImageData()
         if image is None:
             raise ImageError(f"volume {volume.GetName()!r} has no image data")
-        return (volume.GetID(), image.GetMTime(), tuple(ijk_to_local(volume).ravel()))
+        return (volume.GetID(), image.GetMTime(), tuple(ijk_to_local(volume).ravel()), frame.key)
+
+    def frame_of_view(self, volume, slice_to_ras=None) -> ViewFrame:
+        """The voxel grid whose slices are the planes of the slice view with this SliceToRAS (4x4 array or
+        vtkMatrix4x4); the volume's own grid when `slice_to_ras` is None or the volume is a single slice."""
+        if volume is None or volume.GetImageData() is None:
+            raise PromptError("choose an input volume with image data first")
+        if slice_to_ras is None or volume.GetImageData().GetDimensions()[2] == 1:
+            return volume_frame(volume)
+        frame = view_frame(volume, slice_to_ras)
+        return volume_frame(volume) if frame.is_identity else frame
+
+    def view_slice_index(self, volume, slice_to_ras) -> int:
+        """The slice (of the view's frame) that the view with this SliceToRAS shows."""
+        frame = self.frame_of_view(volume, slice_to_ras)
+        return view_slice_index(frame, volume, slice_to_ras)
 
     def _base_request(self, kind: str, volume, segmentation, segment_id: str, model: str, device: str,
-                      prompt_nodes_used: Sequence, slice_index: Optional[int], pause: float) -> Request:
+                      prompt_nodes_used: Sequence, slice_index: Optional[int], pause: float,
+                      slice_to_ras=None, planes: Optional[Tuple[int, int]] = None) -> Request:
+        """`planes`: the frame planes the prompt needs; an oblique view's resampling is limited to them (a big
+        CT resliced whole would take tens of seconds; one plane takes milliseconds)."""
         pause, pause_note = resolve_pause(model, pause)
         if volume is None or segmentation is None:
             raise PromptError("choose an input volume and an output segmentation first")
         if segmentation.GetSegmentation().GetSegment(segment_id) is None:
             raise PromptError(f"segmentation {segmentation.GetName()!r} has no segment {segment_id!r}")
         start = time.perf_counter()
-        key = self._image_key(volume)
-        dims = volume.GetImageData().GetDimensions()
-        shape_kji = (dims[2], dims[1], dims[0])
+        frame = self.frame_of_view(volume, slice_to_ras)
+        planes = None if frame.aligned or planes is None else (max(planes[0], 0), min(planes[1], frame.shape[0] - 1))
+        key = self._image_key(volume, frame) + (planes,)
+        shape_kji = frame.shape
         image = None
         if self._loaded_image.get((model, device)) != key:
             array = util.arrayFromVolume(volume)
             if array.ndim == 4 and array.shape[-1] != 3:
                 raise ImageError(f"volume {volume.GetName()!r} has {array.shape[-1]} components; FastMedSAM takes 1 or 3")
+            array = array if frame.is_identity else frame.image(array, planes)
             # world geometry when the parent transforms are linear; the volume's own otherwise (only pixels matter)
-            matrix = ijk_to_world(volume) if parent_to_world(volume) is not None else ijk_to_local(volume)
-            spacing, origin, direction = lps_geometry(matrix)
+            to_world = parent_to_world(volume)
+            local = frame.index_to_local(volume)
+            spacing, origin, direction = lps_geometry(local if to_world is None else to_world @ local)
             image = ImagePayload(np.array(array[0] if shape_kji[0] == 1 else array), spacing, origin, direction)
         extract_ms = ms_since(start)
-        prompt_key = (kind, tuple(sorted(n.GetID() for n in prompt_nodes_used)), slice_index)
+        prompt_key = (kind, tuple(sorted(n.GetID() for n in prompt_nodes_used)), slice_index, frame.key)
         return Request(
             kind=kind, model=model, device=device, volume_id=volume.GetID(), segmentation_id=segmentation.GetID(),
             segment_id=segment_id, image_key=key, shape_kji=shape_kji, is_2d_image=shape_kji[0] == 1,
             prompt_key=prompt_key, prompt_region=Region(0, 0, 0, 0, 0, 0), slice_index=slice_index, image=image,
             pause=pause, pause_note=pause_note, logic_ms={"extract": extract_ms},
+            frame=None if frame.is_identity else frame,
         )
 
     def prepare_box(self, volume, roi, segmentation, segment_id: str, model: str = "litemedsam",
-                    device: str = "auto", pause: float = 0.0) -> Request:
+                    device: str = "auto", pause: float = 0.0, slice_to_ras=None) -> Request:
         """A 3D box (ROI node, any orientation, world coordinates) -> slice propagation / 3D prediction.
         `pause`: the token-pausing knob in [0, 1] (0 = the plain model; ignored, with a note, by models without
-        pause heads)."""
+        pause heads). `slice_to_ras`: the SliceToRAS of the view the box was drawn in; propagation then runs along
+        that view's normal (None: along the volume's K axis)."""
         if roi is None or not prompt_nodes.is_roi(roi):
             raise PromptError("a 3D box prompt needs a markups ROI node")
-        request = self._base_request("3D", volume, segmentation, segment_id, model, device, [roi], None, pause)
         start = time.perf_counter()
-        box = prompt_nodes.box3d_from_roi(volume, roi)
+        frame = self.frame_of_view(volume, slice_to_ras)
+        box = prompt_nodes.box3d_from_roi(volume, roi, None if frame.is_identity else frame)
+        prompts_ms = ms_since(start)
+        request = self._base_request("3D", volume, segmentation, segment_id, model, device, [roi], None, pause,
+                                     slice_to_ras, planes=(int(box.z0), int(box.z1)))
+        start = time.perf_counter()
         depth = request.shape_kji[0]
         if box.z1 < 0 or box.z0 > depth - 1:
             raise PromptError(f"ROI {roi.GetName()!r} covers slices {box.z0}..{box.z1}, outside the volume (0..{depth - 1})")
@@ -201,14 +230,23 @@ class FastMedSAMLogic:
             request.kind, request.slice_index, box = "slice", 0, box.slice_box(0)
         request.box = box
         request.prompt_region = self._box_region(box, request.shape_kji)
-        request.logic_ms["prompts"] = ms_since(start)
+        request.logic_ms["prompts"] = prompts_ms + ms_since(start)
         return request
 
-    def prepare_slice(self, volume, prompt_nodes_used: Sequence, segmentation, segment_id: str, slice_index: int,
-                      model: str = "litemedsam", device: str = "auto", pause: float = 0.0) -> Request:
-        """Prompts on one slice: an ROI's in-plane box on that slice, and/or the include/exclude points on it."""
+    def prepare_slice(self, volume, prompt_nodes_used: Sequence, segmentation, segment_id: str,
+                      slice_index: Optional[int], model: str = "litemedsam", device: str = "auto", pause: float = 0.0,
+                      slice_to_ras=None) -> Request:
+        """Prompts on one slice: an ROI's in-plane box on that slice, and/or the include/exclude points on it.
+
+        `slice_to_ras`: the SliceToRAS of the view the prompts were drawn in; the slice is then a plane of that view
+        (`slice_index` counts along its normal; None = the plane the view shows). None: slices along K."""
+        if slice_index is None:
+            if slice_to_ras is None:
+                raise PromptError("give the slice index or the view the prompts were drawn in")
+            slice_index = self.view_slice_index(volume, slice_to_ras)
+        planes = (int(slice_index), int(slice_index)) if isinstance(slice_index, (int, np.integer)) else None
         request = self._base_request("slice", volume, segmentation, segment_id, model, device,
-                                     prompt_nodes_used, slice_index, pause)
+                                     prompt_nodes_used, slice_index, pause, slice_to_ras, planes)
         start = time.perf_counter()
         depth = request.shape_kji[0]
         if not (isinstance(slice_index, (int, np.integer)) and 0 <= slice_index < depth):
@@ -216,8 +254,10 @@ class FastMedSAMLogic:
         rois = [n for n in prompt_nodes_used if prompt_nodes.is_roi(n)]
         if len(rois) > 1:
             raise PromptError(f"one box per slice prediction, got {len(rois)} ROI nodes")
-        box = prompt_nodes.box_from_roi(volume, rois[0], int(slice_index)) if rois else None
-        points = prompt_nodes.points_on_slice(prompt_nodes.points_from_nodes(volume, prompt_nodes_used), int(slice_index))
+        frame = request.frame
+        box = prompt_nodes.box_from_roi(volume, rois[0], int(slice_index), frame) if rois else None
+        points = prompt_nodes.points_on_slice(prompt_nodes.points_from_nodes(volume, prompt_nodes_used, frame),
+                                              int(slice_index))
         if box is None and not points:
             raise PromptError(f"no prompt on slice {slice_index}: place a box or a point on it")
         if request.is_2d_image:
@@ -282,26 +322,29 @@ class FastMedSAMLogic:
         return SessionOutcome(prediction, str(getattr(session, "device", request.device)), set_image_ms)
 
     # -- step 3: mask -> segment (main thread) ---------------------------------------------------------------
-    def prediction_region(self, request: Request, outcome: SessionOutcome) -> Tuple[Region, np.ndarray]:
-        """The region the prediction rewrites (the prompt's box on the affected slices, grown to hold every
-        predicted voxel there) and the mask inside it."""
+    def prediction_region(self, request: Request, outcome: SessionOutcome) -> Tuple[Region, np.ndarray, np.ndarray]:
+        """The volume region the prediction rewrites (the prompt's box on the affected slices, grown to hold every
+        predicted voxel there), the mask inside it, and which of its voxels it covers (all, unless the prompt was
+        drawn in an oblique view: then the voxels of the resliced region, the rest keep their value)."""
         mask = self._mask_kji(request, outcome.prediction)
         region = self._write_region(request, outcome.prediction, mask)
-        return region, mask[region.slices]
+        if request.frame is None:
+            return region, mask[region.slices], np.ones(region.shape, dtype=bool)
+        return request.frame.to_volume(region, mask[region.slices])
 
     def apply(self, request: Request, outcome: SessionOutcome) -> SegmentResult:
         """Write the prediction into the segment: only its region changes, one undo state is recorded."""
         start = time.perf_counter()
         volume, segmentation = self._nodes(request)
         self.attach_segmentation(volume, segmentation)
-        written, mask = self.prediction_region(request, outcome)
+        written, mask, covered = self.prediction_region(request, outcome)
         pending = self._refined_state(request, written)
         region = written if pending is None else written.union(pending.region)
         current = read_region(segmentation, request.segment_id, volume, region)
         new = current.copy()
         if pending is not None:
             self._paste(new, region, pending.region, pending.previous)
-        self._paste(new, region, written, mask)
+        self._paste(new, region, written, mask, covered)
         write_region(segmentation, request.segment_id, volume, region, new)
         self.undo_stack.push(UndoState(segmentation.GetID(), request.segment_id, volume.GetID(), region, current,
                                        prompt_key=request.prompt_key))
@@ -381,26 +424,34 @@ class FastMedSAMLogic:
         return last
 
     @staticmethod
-    def _paste(target: np.ndarray, target_region: Region, part: Region, values: np.ndarray) -> None:
-        target[
+    def _paste(target: np.ndarray, target_region: Region, part: Region, values: np.ndarray,
+               where: Optional[np.ndarray] = None) -> None:
+        view = target[
             part.k0 - target_region.k0:part.k1 - target_region.k0 + 1,
             part.j0 - target_region.j0:part.j1 - target_region.j0 + 1,
             part.i0 - target_region.i0:part.i1 - target_region.i0 + 1,
-        ] = values
+        ]
+        if where is None:
+            view[...] = values
+        else:
+            view[where] = values[where]
 
     # -- the scriptable surface ------------------------------------------------------------------------------
     def segment_box(self, volumeNode, roiNode, segmentationNode, segmentId: str, model: str = "litemedsam",
-                    device: str = "auto", pause: float = 0.0) -> SegmentResult:
+                    device: str = "auto", pause: float = 0.0, sliceToRAS=None) -> SegmentResult:
         """3D ROI -> slice-by-slice propagation (2D box models) or a 3D prediction; one undo state.
-        `pause` in [0, 1]: token pausing (0 = the plain model, higher = faster encoding, less exact)."""
-        request = self.prepare_box(volumeNode, roiNode, segmentationNode, segmentId, model, device, pause)
+        `pause` in [0, 1]: token pausing (0 = the plain model, higher = faster encoding, less exact).
+        `sliceToRAS`: the view the box was drawn in (propagation along its normal); None = along K."""
+        request = self.prepare_box(volumeNode, roiNode, segmentationNode, segmentId, model, device, pause, sliceToRAS)
         return self.apply(request, self.predict(request))
 
-    def segment_slice(self, volumeNode, promptNodes: Sequence, segmentationNode, segmentId: str, sliceIndex: int,
-                      model: str = "litemedsam", device: str = "auto", pause: float = 0.0) -> SegmentResult:
-        """Box (ROI) and/or include/exclude points on slice `sliceIndex` -> that slice; one undo state."""
+    def segment_slice(self, volumeNode, promptNodes: Sequence, segmentationNode, segmentId: str,
+                      sliceIndex: Optional[int], model: str = "litemedsam", device: str = "auto", pause: float = 0.0,
+                      sliceToRAS=None) -> SegmentResult:
+        """Box (ROI) and/or include/exclude points on slice `sliceIndex` -> that slice; one undo state.
+        `sliceToRAS`: the view the prompts were drawn in (its plane; `sliceIndex` None = the plane it shows)."""
         request = self.prepare_slice(volumeNode, promptNodes, segmentationNode, segmentId, sliceIndex, model, device,
-                                     pause)
+                                     pause, sliceToRAS)
         return self.apply(request, self.predict(request))
 
     # -- undo / accept / clear -------------------------------------------------------------------------------
@@ -429,14 +480,49 @@ class FastMedSAMLogic:
 
     # -- prompt events ---------------------------------------------------------------------------------------
     def watch_prompt_nodes(self, nodes: Sequence, callback: Callable[[object], None]) -> None:
-        """Call `callback(node)` whenever a point is placed on one of `nodes` or a handle drag ends."""
+        """Call `callback(node)` once a prompt is complete: a point placed, an ROI's last corner placed (never after
+        its first click: the box is still empty then), or a handle drag ended."""
         self.unwatch_prompt_nodes()
         for node in nodes:
             if node is None:
                 continue
             for event in (node.PointPositionDefinedEvent, node.PointEndInteractionEvent):
-                tag = node.AddObserver(event, lambda caller, _event, cb=callback: cb(caller))
+                tag = node.AddObserver(event, lambda caller, _event, cb=callback: self._on_prompt_event(caller, cb))
                 self._observations.append((node, tag))
+
+    @staticmethod
+    def _on_prompt_event(node, callback: Callable[[object], None]) -> None:
+        if prompt_nodes.is_roi(node) and not prompt_nodes.roi_complete(node):
+            return
+        callback(node)
+
+    @staticmethod
+    def default_input_volume(scene):
+        """The first volume the module's input selector can show: a scalar volume that is not a labelmap
+        (`GetFirstNodeByClass` matches subclasses, and the selector hides them)."""
+        nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+        for index in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(index)
+            if not node.IsA("vtkMRMLLabelMapVolumeNode"):
+                return node
+        return None
+
+    def view_of_prompt(self, node, views: Sequence[Tuple[str, object]], preferred: Optional[str] = None):
+        """The name of the slice view a prompt node was drawn in (see `view_frame.view_containing`): an ROI's
+        centre, a fiducial's newest point. `views`: (name, SliceToRAS) pairs."""
+        if node is None or node.GetNumberOfControlPoints() == 0:
+            return preferred
+        if prompt_nodes.is_roi(node):
+            centre = [0.0, 0.0, 0.0]
+            node.GetCenterWorld(centre)
+            points = np.array([centre])
+        else:
+            points = prompt_nodes.defined_points_world(node)[-1:]
+        return view_containing(points, views, preferred) or preferred
+
+    def plane_step(self, volume, slice_to_ras) -> float:
+        """mm between two planes of the view's frame (what one slice along the view's normal is)."""
+        return plane_step_mm(self.frame_of_view(volume, slice_to_ras), volume)
 
     def unwatch_prompt_nodes(self) -> None:
         for node, tag in self._observations:

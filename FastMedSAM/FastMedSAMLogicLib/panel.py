@@ -19,14 +19,21 @@ TOOL_BUTTONS: Dict[str, str] = {
 SHORTCUTS: Dict[str, Tuple[str, str]] = {
     "I": ("includePointButton", "place include points"),
     "E": ("excludePointButton", "place exclude points"),
-    "B": ("box2DButton", "draw a 2D box on the current slice"),
-    "R": ("roi3DButton", "draw a 3D box (ROI)"),
-    "S": ("segmentSliceButton", "segment the current slice"),
+    "2": ("box2DButton", "draw a 2D box in a slice view"),
+    "3": ("roi3DButton", "draw a 3D box (ROI)"),
+    "Shift+S": ("segmentSliceButton", "segment the slice shown in the view under the pointer"),
     "P": ("propagateButton", "propagate to 3D"),
     "A": ("acceptButton", "accept the result"),
     "Z": ("undoButton", "undo the last prompt"),
     "C": ("clearButton", "clear the pending results and prompts"),
 }
+
+# Keys Slicer's view widgets handle themselves (Slicer source, SetKeyboardEventTranslation in
+# Libs/MRML/DisplayableManager/vtkMRMLSliceIntersectionWidget.cxx: b f g r t v V, arrows, brackets, braces;
+# vtkMRMLCameraWidget.cxx: b r plus minus, keypad; Modules/Loadable/Markups/VTKWidgets/vtkSlicerMarkupsWidget.cxx:
+# s Delete BackSpace). A window-wide shortcut on one of them would take it away from the views.
+VIEW_KEYS = frozenset("bfgrtvsBFGRTVS") | {"Left", "Right", "Up", "Down", "Delete", "Backspace", "[", "]", "{", "}",
+                                           "+", "-"}
 
 
 PAUSE_STEPS = 100  # the speed <-> accuracy slider runs 0..PAUSE_STEPS; the knob is value / PAUSE_STEPS

@@ -118,3 +118,29 @@ def has_voxels(segmentation) -> bool:
             if labelmap.GetScalarRange()[1] > 0:
                 return True
     return False
+
+
+def region_on_geometry(volume, segmentation, region: Region, mask: np.ndarray,
+                       geometry: vtkOrientedImageData) -> vtkOrientedImageData:
+    """`mask` (on `region` of the volume's grid) resampled (nearest voxel) onto the grid of `geometry`, e.g. the
+    Segment Editor's `defaultModifierLabelmap()`, cropped to the region's footprint there: what the editor's
+    masking and overwrite rules need (they drop a modifier whose geometry differs from theirs)."""
+    source = region_labelmap(volume, segmentation, region, mask)
+    to_world = vtk.vtkMatrix4x4()
+    geometry.GetImageToWorldMatrix(to_world)
+    world_to_grid = np.linalg.inv(util.arrayFromVTKMatrix(to_world))
+    corners = np.array([[i, j, k, 1.0] for i in (region.i0 - 0.5, region.i1 + 0.5)
+                        for j in (region.j0 - 0.5, region.j1 + 0.5) for k in (region.k0 - 0.5, region.k1 + 0.5)])
+    grid = (corners @ ijk_to_segmentation(volume, segmentation).T @ world_to_grid.T)[:, :3]
+    lo, hi = np.floor(grid.min(axis=0)).astype(int), np.ceil(grid.max(axis=0)).astype(int)
+    full = geometry.GetExtent()
+    extent = [max(lo[0], full[0]), min(hi[0], full[1]), max(lo[1], full[2]), min(hi[1], full[3]),
+              max(lo[2], full[4]), min(hi[2], full[5])]
+    reference = vtkOrientedImageData()
+    reference.SetImageToWorldMatrix(to_world)
+    reference.SetExtent(*extent)
+    reference.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    out = vtkOrientedImageData()
+    if not vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(source, reference, out):
+        raise FastMedSAMError("could not bring the mask onto the Segment Editor's geometry")
+    return out

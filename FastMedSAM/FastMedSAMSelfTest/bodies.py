@@ -20,6 +20,7 @@ from FastMedSAMLogicLib.prompt_nodes import EXCLUDE, INCLUDE, box3d_from_roi, bo
 from FastMedSAMLogicLib.segment_io import Region, write_region
 from FastMedSAMLogicLib.worker import PredictionWorker
 
+from . import views
 from .scenario import (
     LesionScene,
     add_points,
@@ -455,6 +456,61 @@ def prompt_events(ctx: SelfTestContext) -> Dict[str, object]:
     return {"events": len(calls)}
 
 
+def roi_prompt_runs_once_complete(ctx: SelfTestContext) -> Dict[str, object]:
+    """An ROI placed with two clicks (Slicer's placement: one control point per click) reaches the callback once,
+    after the second click, never after the first (the box is empty then); ending a handle drag runs it again."""
+    roi = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "two-click box")
+    calls: List[object] = []
+    ctx.logic.watch_prompt_nodes([roi], calls.append)
+    roi.AddControlPointWorld(vtk.vtkVector3d(*ctx.lesion.world((100, 100, 6))))
+    assert calls == [], "an ROI prompt ran on its first click"
+    roi.AddControlPointWorld(vtk.vtkVector3d(*ctx.lesion.world((140, 130, 6))))
+    assert calls == [roi], calls
+    roi.InvokeEvent(roi.PointEndInteractionEvent)
+    assert len(calls) == 2, "the end of a handle drag did not re-run the prompt"
+    ctx.logic.unwatch_prompt_nodes()
+    ctx.scene.RemoveNode(roi)
+    return {"runs": len(calls)}
+
+
+def default_volume_is_selectable(ctx: SelfTestContext) -> Dict[str, object]:
+    """The default input volume is one the selector shows: a labelmap added first is skipped."""
+    labelmap = ctx.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "a labelmap")
+    ctx.scene.RemoveNode(ctx.lesion.volume)
+    ctx.scene.AddNode(ctx.lesion.volume)  # now after the labelmap in the scene's order
+    try:
+        first = ctx.scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        chosen = FastMedSAMLogic.default_input_volume(ctx.scene)
+        assert first is labelmap, "precondition: GetFirstNodeByClass returns the labelmap"
+        assert chosen is ctx.lesion.volume, chosen
+    finally:
+        ctx.scene.RemoveNode(labelmap)
+    return {"chosen": chosen.GetName()}
+
+
+def view_of_prompt(ctx: SelfTestContext) -> Dict[str, object]:
+    """Which view a prompt was drawn in: the one whose plane holds it; the pointer's view wins a tie."""
+    lesion = ctx.lesion
+    centre = ((lesion.box[4] + lesion.box[5]) / 2, (lesion.box[2] + lesion.box[3]) / 2, 6)
+    matrices = [(name, views.view_matrix(lesion, name, centre)) for name in ("Red", "Yellow", "Green")]
+    shifted = views.view_matrix(lesion, "Yellow", (centre[0] + 20, centre[1], centre[2]))
+    point = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicked in Yellow")
+    point.AddControlPointWorld(vtk.vtkVector3d(*lesion.world((centre[0] + 20, centre[1] - 30, 4))))
+    try:
+        views_now = [("Red", matrices[0][1]), ("Yellow", shifted), ("Green", matrices[2][1])]
+        assert ctx.logic.view_of_prompt(point, views_now, preferred="Red") == "Yellow"
+        on_all = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "at the crossing")
+        on_all.AddControlPointWorld(vtk.vtkVector3d(*lesion.world(centre)))
+        assert ctx.logic.view_of_prompt(on_all, matrices, preferred="Green") == "Green"
+        assert ctx.logic.view_of_prompt(on_all, matrices) == "Red"
+        ctx.scene.RemoveNode(on_all)
+        step = ctx.logic.plane_step(lesion.volume, shifted)
+        assert abs(step - lesion.volume.GetSpacing()[0]) < 1e-6, step  # the Yellow view's normal is the I axis
+    finally:
+        ctx.scene.RemoveNode(point)
+    return {"yellow_plane_step_mm": step}
+
+
 def worker_supersedes(ctx: SelfTestContext) -> Dict[str, object]:
     """On the persistent worker thread: newest request wins, errors come back as outcomes."""
     lesion = ctx.lesion
@@ -495,6 +551,11 @@ BODIES: Tuple[Tuple[str, Callable[[SelfTestContext], Dict[str, object]]], ...] =
     ("pause_knob_checks", pause_knob_checks),
     ("prompt_events", prompt_events),
     ("worker_supersedes", worker_supersedes),
+    ("roi_prompt_runs_once_complete", roi_prompt_runs_once_complete),
+    ("default_volume_is_selectable", default_volume_is_selectable),
+    ("view_of_prompt", view_of_prompt),
+    ("prompts_in_any_view", views.prompts_in_any_view),
+    ("view_slice_follows_the_view", views.view_slice_follows_the_view),
 )
 
 

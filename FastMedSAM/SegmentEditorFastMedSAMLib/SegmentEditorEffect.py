@@ -1,6 +1,7 @@
 """Segment Editor effect "FastMedSAM": click points or drag a box in a slice view, the model fills the selected
-segment. Writes go through the editor (`modifySelectedSegmentByLabelmap`), so its undo, editable-area masking and
-overlap rules apply, next to Paint and Erase. Prompts are placed by the effect itself, so it stays active.
+segment. Writes go through the editor (`modifySegmentByLabelmap` on its `defaultModifierLabelmap()` geometry), so
+its undo, editable-area masking, editable intensity range and overlap rules apply, next to Paint and Erase. Prompts
+are placed by the effect itself, so it stays active; any slice view works (the model segments in that view's plane).
 """
 import contextlib
 import logging
@@ -39,6 +40,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.worker = None
         self.nodes = {}
         self.dragStart = None
+        self.lastView = None  # the slice widget the last prompt was placed in
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.poll)
@@ -124,12 +126,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         tool = next(t for t, b in self.toolButtons.items() if b.checked)
         ras = self.xyToRas(callerInteractor.GetEventPosition(), viewWidget)
         if eventId == vtk.vtkCommand.LeftButtonPressEvent:
+            self.lastView = viewWidget
             if tool == "box":
                 self.dragStart = (ras, viewWidget)
             else:
                 node = self.promptNode(tool)
                 node.AddControlPointWorld(vtk.vtkVector3d(*ras))
-                self.run(slice_only=True, anchor=ras)
+                self.run(slice_only=True)
             return True
         if eventId == vtk.vtkCommand.MouseMoveEvent and self.dragStart is not None:
             self.placeBox(self.dragStart[0], ras, viewWidget)
@@ -137,7 +140,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if eventId == vtk.vtkCommand.LeftButtonReleaseEvent and self.dragStart is not None:
             start, self.dragStart = self.dragStart[0], None
             self.placeBox(start, ras, viewWidget)
-            self.run(slice_only=True, anchor=ras)
+            self.run(slice_only=True)
             return True
         return False
 
@@ -175,7 +178,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 node.RemoveAllControlPoints()
 
     # -- prediction ----------------------------------------------------------------------------------------
-    def run(self, slice_only, anchor=None):
+    def run(self, slice_only):
         with self.reportingErrors():
             parameterSet = self.scriptedEffect.parameterSetNode()
             segmentation = parameterSet.GetSegmentationNode()
@@ -193,40 +196,32 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             pause = Parameters.get_or_create(slicer.mrmlScene).pause  # the module panel's speed <-> accuracy knob
             roi = self.nodes.get("box")
             hasBox = roi is not None and roi.GetScene() is not None and roi.GetNumberOfControlPoints() > 0
+            if self.lastView is None:
+                raise PromptError("click a point or drag a box in a slice view first")
+            sliceToRAS = self.lastView.sliceLogic().GetSliceNode().GetSliceToRAS()  # the view prompted in
             if slice_only:
-                center = anchor if anchor is not None else self.boxCenter(roi) if hasBox else None
-                if center is None:
-                    raise PromptError("click a point or drag a box on a slice first")
-                from FastMedSAMLogicLib.geometry import world_to_ijk
-
-                sliceIndex = int(round(world_to_ijk(volume, np.array([center]))[0][2]))
                 prompts = [n for t, n in self.nodes.items() if t != "box3d" and n.GetScene() is not None]
-                request = self.logic.prepare_slice(volume, prompts, segmentation, segmentId, sliceIndex, model, "auto",
-                                                   pause)
+                request = self.logic.prepare_slice(volume, prompts, segmentation, segmentId, None, model, "auto",
+                                                   pause, slice_to_ras=sliceToRAS)
             else:
                 if not hasBox:
                     raise PromptError("drag a box on the middle slice first")
-                request = self.logic.prepare_box(volume, self.extendedBox(volume, roi), segmentation, segmentId,
-                                                 model, "auto", pause)
+                request = self.logic.prepare_box(volume, self.extendedBox(volume, roi, sliceToRAS), segmentation,
+                                                 segmentId, model, "auto", pause, slice_to_ras=sliceToRAS)
             self.worker.submit(request, owner=OWNER)
             if not self.timer.isActive():
                 qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
                 self.timer.start()
 
-    @staticmethod
-    def boxCenter(roi):
-        center = [0.0, 0.0, 0.0]
-        roi.GetCenterWorld(center)
-        return center
-
-    def extendedBox(self, volume, roi):
-        """The drawn 2D box thickened to the chosen number of slices on each side."""
+    def extendedBox(self, volume, roi, sliceToRAS):
+        """The drawn 2D box thickened to the chosen number of planes on each side of the view it was drawn in."""
         box3d = self.promptNode("box3d")
         matrix = vtk.vtkMatrix4x4()
         matrix.DeepCopy(roi.GetObjectToNodeMatrix())
         box3d.SetAndObserveObjectToNodeMatrix(matrix)
         width, height, _ = roi.GetSize()
-        box3d.SetSize(width, height, (2 * self.sliceRangeSpinBox.value + 1) * volume.GetSpacing()[2])
+        planes = 2 * self.sliceRangeSpinBox.value + 1
+        box3d.SetSize(width, height, planes * self.logic.plane_step(volume, sliceToRAS))
         return box3d
 
     def poll(self):
@@ -241,19 +236,25 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             qt.QApplication.restoreOverrideCursor()
 
     def write(self, request, outcome):
-        """Replace the prediction's region of the selected segment through the editor (undo, masking, overlap)."""
+        """Replace the prediction's region of the segment the request was made for, through the editor, on its
+        own modifier geometry (undo, editable area and intensity range, overlap rules as for built-in effects)."""
         start = time.perf_counter()
         volume = slicer.mrmlScene.GetNodeByID(request.volume_id)
         segmentation = slicer.mrmlScene.GetNodeByID(request.segmentation_id)
-        region, mask = self.logic.prediction_region(request, outcome)
+        if volume is None or segmentation is None or segmentation.GetSegmentation().GetSegment(request.segment_id) is None:
+            raise FastMedSAMError("the volume, segmentation or segment of this prompt was removed meanwhile")
+        region, mask, covered = self.logic.prediction_region(request, outcome)
+        geometry = self.scriptedEffect.defaultModifierLabelmap()
         self.scriptedEffect.saveStateForUndo()
-        everything = segment_io.region_labelmap(volume, segmentation, region, np.ones(region.shape, dtype=bool))
-        self.scriptedEffect.modifySelectedSegmentByLabelmap(
-            everything, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove)
+        modes = slicer.qSlicerSegmentEditorAbstractEffect
+        self.scriptedEffect.modifySegmentByLabelmap(
+            segmentation, request.segment_id,
+            segment_io.region_on_geometry(volume, segmentation, region, covered, geometry), modes.ModificationModeRemove)
         if mask.any():
-            self.scriptedEffect.modifySelectedSegmentByLabelmap(
-                segment_io.region_labelmap(volume, segmentation, region, mask),
-                slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd)
+            self.scriptedEffect.modifySegmentByLabelmap(
+                segmentation, request.segment_id,
+                segment_io.region_on_geometry(volume, segmentation, region, mask & covered, geometry),
+                modes.ModificationModeAdd)
         result = self.logic.record(request, outcome, region, (time.perf_counter() - start) * 1000.0)
         self.latencyLabel.text = result.overlay_text
 

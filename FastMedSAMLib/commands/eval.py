@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from .arguments import add_device, add_manifest, add_pause, add_runtime, emit, name_list, positive_int
 
@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--instances-per-image", type=positive_int,
         help="sample N instances per image in the instance datasets (default: the reference's 60, EM 100)",
     )
+    p.add_argument("--split", choices=("calibration", "evaluation"),
+                   help="only the token-pausing split's images (models/litemedsam-pause-split.json): evaluation = "
+                        "images neither the pause heads nor the knob saw")
     add_pause(p, several=True)
     add_runtime(p)
     add_device(p)
@@ -59,7 +62,17 @@ def run(args: argparse.Namespace) -> int:
         pauses=args.pause,
         device=args.device,
         instances_per_image=caps,
+        images=_split_images(args.split),
         progress=not args.quiet,
         runtime=args.runtime,
     )
+    report["split"] = args.split
     return emit(report, markdown(report), args.out)
+
+
+def _split_images(role: Optional[str]) -> Optional[List[str]]:
+    if role is None:
+        return None
+    from ..pause.split import committed_split
+
+    return committed_split()[role]

@@ -147,17 +147,21 @@ def evaluate(
     device: str = "cpu",
     cache_mb: float = 1024,
     instances_per_image: Optional[Mapping[str, Optional[int]]] = None,
+    images: Optional[Sequence[str]] = None,
     progress: bool = True,
     runtime: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Run the protocol and return the report (see `report_json`): cases, summaries, skipped entries, settings.
-    `runtime` None is the Session's default runtime."""
+    `images`: only these manifest image names (e.g. the token-pausing evaluation split); `runtime` None is the
+    Session's default runtime."""
     from tqdm import tqdm
 
     from ..io.intensity import intensity_rule
 
     entries = read_manifest(manifest)
     chosen = select(entries, datasets)
+    if images is not None:
+        chosen = [e for e in chosen if e.image_name in set(images)]
     sessions = _open_sessions(model, list(pauses), device, cache_mb, runtime)
     cases: List[CaseResult] = []
     counts: Dict[str, int] = defaultdict(int)
@@ -183,6 +187,7 @@ def evaluate(
         "runtime": next(iter(sessions.values())).runtime if sessions else runtime,
         "manifest": str(Path(manifest).resolve()),
         "pauses": [float(p) for p in pauses],
+        "images": None if images is None else sorted(set(images)),
         "protocol": {
             "2D": "tight box on the image",
             "3D": "3D box -> middle-out propagation",

@@ -22,7 +22,7 @@ class PausedEncoder(nn.Module):
         super().__init__()
         self.heads = heads
         self.set_pause(pause)
-        self.runner = PausedTinyViT(encoder, heads.catchup).eval()
+        self.runner = PausedTinyViT(encoder, heads.catchup, adapters=heads.adapters).eval()
         self.to(next(encoder.parameters()).device)
         self.last_stats: Optional[PauseStats] = None
 

@@ -36,12 +36,27 @@ class PauseHead(nn.Module):
         return self.fc2(self.act(self.fc1(self.norm(x)))).squeeze(-1)
 
 
+class LowRankAdapter(nn.Module):
+    """x -> up(down(x)), rank `rank`, `up` zero at first (so a new adapter changes nothing): a residual update
+    for the active tokens of a block that runs with paused tokens (see `tinyvit_paused`, `tune.py`)."""
+
+    def __init__(self, dim: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, rank, bias=False)
+        self.up = nn.Linear(rank, dim, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
 class PauseHeads(nn.Module):
     """Everything token pausing learns for one encoder: heads at `depths` (indices of the blocks they gate,
-    increasing), one catch-up pair per block (`block_dims`: the block widths), and the knob table."""
+    increasing), one catch-up pair per block (`block_dims`: the block widths), the knob table and, when
+    `adapter_rank` > 0, one low-rank adapter per block for the active tokens of blocks that run paused."""
 
     def __init__(self, model: str, depths: Sequence[int], block_dims: Sequence[int], hidden: int,
-                 knob_points: int = 101) -> None:
+                 knob_points: int = 101, adapter_rank: int = 0) -> None:
         super().__init__()
         if not depths or list(depths) != sorted(set(depths)) or not 0 <= depths[0] <= depths[-1] < len(block_dims):
             raise ValueError(f"pause head depths must be distinct, increasing block indices: {depths}")
@@ -55,6 +70,15 @@ class PauseHeads(nn.Module):
             nn.ModuleDict({"attn": nn.Linear(c, c), "mlp": nn.Linear(c, c)}) for c in self.block_dims
         )
         self.register_buffer("knob_table", torch.linspace(-3.0, 1.0, knob_points))
+        self.adapter_rank = 0
+        self.adapters: Optional[nn.ModuleList] = None
+        self.add_adapters(adapter_rank)
+
+    def add_adapters(self, rank: int) -> None:
+        """Give every block a low-rank adapter of `rank` (0: none), initially a no-op."""
+        if rank:
+            self.adapters = nn.ModuleList(LowRankAdapter(c, rank) for c in self.block_dims)
+        self.adapter_rank = int(rank)
 
     def head_at(self, depth: int) -> Optional[PauseHead]:
         return self.heads[self.depths.index(depth)] if depth in self.depths else None
@@ -76,6 +100,7 @@ class PauseHeads(nn.Module):
             "depths": list(self.depths),
             "block_dims": list(self.block_dims),
             "hidden": self.hidden,
+            "adapter_rank": self.adapter_rank,
             # float16 storage (weights are trained at that precision, see train.to_storage_precision); the knob
             # table stays float32. Loading casts back to float32.
             "state_dict": {k: (v.half() if v.is_floating_point() and k != "knob_table" else v).detach().clone().contiguous()
@@ -120,7 +145,7 @@ def load_heads(path: PathLike, sha256: Optional[str], model: Optional[str] = Non
         raise WeightsError(f"pause heads at {path} are for model {payload['model']!r}, not {model!r}")
     try:
         heads = PauseHeads(payload["model"], payload["depths"], payload["block_dims"], payload["hidden"],
-                           len(payload["state_dict"]["knob_table"]))
+                           len(payload["state_dict"]["knob_table"]), int(payload.get("adapter_rank", 0)))
         heads.load_state_dict(payload["state_dict"], strict=True)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise WeightsError(f"pause heads at {path} do not match their declared layout: {exc}") from None

@@ -50,6 +50,11 @@ _CONV_POINTWISE = _mkldnn_op("_convolution_pointwise")
 _LINEAR_POINTWISE = _mkldnn_op("_linear_pointwise")
 
 
+def _needs_grad(x: torch.Tensor) -> bool:
+    """The fused oneDNN ops have no backward: tuning (`tune.py`) takes the plain ops where gradients flow."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
 class FoldedConv(nn.Module):
     """A `ConvBN` with the BatchNorm's running statistics folded into the convolution's weight and bias,
     optionally followed by the exact (erf) GELU, fused into one oneDNN call on CPU where available."""
@@ -64,7 +69,7 @@ class FoldedConv(nn.Module):
         self.gelu = gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _CONV_POINTWISE is not None and x.is_cpu:
+        if _CONV_POINTWISE is not None and x.is_cpu and not _needs_grad(x):
             attr = "gelu" if self.gelu else "none"
             return _CONV_POINTWISE(x, self.weight, self.bias, self.padding, self.stride, [1, 1], self.groups, attr,
                                    [], "none" if self.gelu else "")
@@ -75,7 +80,7 @@ class FoldedConv(nn.Module):
 def mlp_forward(mlp: TokenMLP, x: torch.Tensor) -> torch.Tensor:
     """TinyViT's token MLP (norm -> fc1 -> GELU -> fc2) with fc1 and the GELU fused on CPU where available."""
     x = mlp.norm(x)
-    if _LINEAR_POINTWISE is not None and x.is_cpu:
+    if _LINEAR_POINTWISE is not None and x.is_cpu and not _needs_grad(x):
         hidden = _LINEAR_POINTWISE(x, mlp.fc1.weight, mlp.fc1.bias, "gelu", [], "none")
     else:
         hidden = mlp.act(mlp.fc1(x))
@@ -193,9 +198,10 @@ class _Block(nn.Module):
         return x + update
 
     def forward(self, x: torch.Tensor, active: torch.Tensor, paused: torch.Tensor,
-                catchup: Optional[nn.ModuleDict]) -> Tuple[torch.Tensor, int]:
+                catchup: Optional[nn.ModuleDict], adapter: Optional[nn.Module] = None) -> Tuple[torch.Tensor, int]:
         """Only `active` tokens run attention queries and the MLP; `paused` ones get the catch-up updates (or
-        nothing). Returns the new map and the number of windows computed."""
+        nothing); `adapter`, when given, adds its update to the active tokens' output (they attend to stale
+        paused keys/values). Returns the new map and the number of windows computed."""
         c = x.shape[1]
         windows = 0
         if active.numel():
@@ -210,7 +216,8 @@ class _Block(nn.Module):
         x = _paused_update(None if catchup is None else catchup["mlp"], x, paused)
         if active.numel():
             xa = x.index_select(0, active)
-            x = x.index_copy(0, active, xa + mlp_forward(self.mlp, xa))
+            xa = xa + mlp_forward(self.mlp, xa)
+            x = x.index_copy(0, active, xa if adapter is None else xa + adapter(xa))
         return x, windows
 
     def _flat(self, tokens: torch.Tensor, used: Optional[torch.Tensor]) -> torch.Tensor:
@@ -225,11 +232,14 @@ class _Block(nn.Module):
 
 class PausedTinyViT(nn.Module):
     """TinyViT image -> embedding with token pausing (see module docstring). `catchup`: per block, a
-    ModuleDict {"attn", "mlp"} of Linear(C, C) updates for paused tokens (None: paused tokens stay frozen).
+    ModuleDict {"attn", "mlp"} of Linear(C, C) updates for paused tokens (None: paused tokens stay frozen);
+    `adapters`: per block, an update for the active tokens of blocks that run with paused tokens (None: none).
+    Neither runs while nothing is paused.
 
     Built for one input size (the LiteMedSAM 256 frame); batch size 1 per forward."""
 
-    def __init__(self, encoder: TinyViT, catchup: Optional[nn.ModuleList] = None, image_size: int = 256) -> None:
+    def __init__(self, encoder: TinyViT, catchup: Optional[nn.ModuleList] = None, image_size: int = 256,
+                 adapters: Optional[nn.ModuleList] = None) -> None:
         super().__init__()
         stem = encoder.patch_embed.seq
         self.stem = nn.ModuleList([FoldedConv(stem[0], gelu=True), FoldedConv(stem[2])])
@@ -251,6 +261,9 @@ class PausedTinyViT(nn.Module):
         if catchup is not None and len(catchup) != len(blocks):
             raise ValueError(f"{len(catchup)} catch-up updates for {len(blocks)} blocks")
         self.catchup = catchup
+        if adapters is not None and len(adapters) != len(blocks):
+            raise ValueError(f"{len(adapters)} adapters for {len(blocks)} blocks")
+        self.adapters = adapters
 
     def front(self, image: torch.Tensor) -> torch.Tensor:
         """Stem + MBConv stage + first merge: image (1, 3, H, W) -> (N, C) tokens entering block 0."""
@@ -262,15 +275,16 @@ class PausedTinyViT(nn.Module):
 
     def forward(self, image: torch.Tensor, decide: Optional[Decide] = None,
                 features: Optional[Dict[int, torch.Tensor]] = None,
-                record: Optional[Record] = None) -> Tuple[torch.Tensor, PauseStats]:
+                record: Optional[Record] = None, tokens: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, PauseStats]:
         """image (1, 3, H, W) -> (embedding (1, 256, h, w), stats).
 
         `features`, when given, receives the full (N, C) token map entering each block and, under key
-        len(blocks), the final tokens; `record` sees each dense block's residual updates (for fitting catch-ups)."""
+        len(blocks), the final tokens; `record` sees each dense block's residual updates (for fitting catch-ups);
+        `tokens`: `front(image)` already computed (tuning reuses it)."""
         if image.shape[0] != 1:
             raise ValueError(f"the paused encoder takes one image at a time, got a batch of {image.shape[0]}")
         stats = PauseStats()
-        x = self.front(image)
+        x = self.front(image) if tokens is None else tokens
         never = len(self.blocks)
         depths = torch.full((x.shape[0],), never, dtype=torch.long, device=x.device)
         pausing = False
@@ -294,7 +308,8 @@ class PausedTinyViT(nn.Module):
                 continue
             active = torch.nonzero(depths == never, as_tuple=False).view(-1)
             resting = torch.nonzero(depths != never, as_tuple=False).view(-1)
-            x, windows = block(x, active, resting, None if self.catchup is None else self.catchup[depth])
+            x, windows = block(x, active, resting, None if self.catchup is None else self.catchup[depth],
+                               None if self.adapters is None else self.adapters[depth])
             stats.tokens.append(int(active.numel()))
             stats.windows.append(windows)
         stats.pause_depths = depths.view(self.blocks[-1].hw)
