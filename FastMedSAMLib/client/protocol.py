@@ -27,6 +27,7 @@ FRAME_MEDIA_TYPE = "application/x-fastmedsam-frame"
 HEADER_AUTH = "Authorization"  # "Bearer <token>"
 HEADER_RETRY_AFTER = "Retry-After"
 HEADER_SERVER_MS = "X-FastMedSAM-Server-Ms"  # time the server spent on the request, queue included
+HEADER_ROUTE = "serve_multiplexed_model_id"  # the image digest: Ray Serve routes prompts on one image to one replica
 
 # Errors the server reports by class name; the client raises the same type again.
 ERROR_TYPES: Dict[str, Type[errors.FastMedSAMError]] = {

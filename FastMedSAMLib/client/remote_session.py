@@ -26,6 +26,10 @@ from .transport import Transport
 
 Progress = Callable[[int, int], None]  # (slices done, slices in all) while a 3D job runs
 JOB_POLL_S = 0.1
+# A session or image the server lost is rebuilt this many times per call (a scaled-out server's soft routing can
+# send a request to a replica that has not seen the image yet), waiting a little longer each time.
+REBUILD_ATTEMPTS = 5
+REBUILD_PAUSE_S = 0.2
 
 
 def _num(value: Any) -> Any:
@@ -126,14 +130,27 @@ class RemoteSession:
               window: Optional[Tuple[float, float]]) -> str:
         """Upload if missing, then open a server session; the session id."""
         path = p.PATH_IMAGE.format(digest=digest)
+        previous, self.transport.route = self.transport.route, digest
+        try:
+            return self._open_routed(path, array, geometry, digest, window)
+        except BaseException:
+            self.transport.route = previous  # the old image's session stays usable
+            raise
+
+    def _open_routed(self, path: str, array: np.ndarray, geometry: Dict[str, Any], digest: str,
+                     window: Optional[Tuple[float, float]]) -> str:
         if self.transport.request("HEAD", path, expected=(200, 404)).status == 404:
             self._upload(path, array, geometry)
         body = {"model": self.model_name, "image": digest, "window": window, "points_as_box": self.points_as_box}
-        response = self.transport.request("POST", p.PATH_SESSIONS, json_body=body, expected=(201, 409))
-        if response.status == 409:  # evicted between the check and the open: send it and open again
+        for attempt in range(REBUILD_ATTEMPTS):
+            response = self.transport.request("POST", p.PATH_SESSIONS, json_body=body, expected=(201, 409))
+            if response.status == 201:
+                return str(response.json()["session"])
+            # the server lacks the image after all (evicted since the check, or another replica of a scaled-out
+            # server answered): send it and open again
+            time.sleep(REBUILD_PAUSE_S * attempt)
             self._upload(path, array, geometry)
-            response = self.transport.request("POST", p.PATH_SESSIONS, json_body=body, expected=(201,))
-        return str(response.json()["session"])
+        raise BackendError(f"the server kept losing the image ({REBUILD_ATTEMPTS} uploads); try again")
 
     def _upload(self, path: str, array: np.ndarray, geometry: Dict[str, Any]) -> None:
         start = time.perf_counter()
@@ -169,7 +186,7 @@ class RemoteSession:
         header = {"kind": "prompt", "prompts": encode_prompts(box, points), "pause": self.pause}
         body = pack_mask(mask, header) if mask is not None else pack_frame(header, b"")
         start = time.perf_counter()
-        for attempt in (0, 1):
+        for attempt in range(REBUILD_ATTEMPTS):
             try:
                 response = self.transport.request("POST", p.PATH_PREDICT.format(session_id=self.session_id),
                                                   body=body, content_type=p.FRAME_MEDIA_TYPE, expected=(200, 202, 410))
@@ -179,8 +196,9 @@ class RemoteSession:
                     response = self._await_job(response.json()["job"], progress)
                 break
             except _SessionGone:
-                if attempt:
-                    raise BackendError("the server lost the session twice in a row; try again") from None
+                if attempt == REBUILD_ATTEMPTS - 1:
+                    raise BackendError(f"the server lost the session {REBUILD_ATTEMPTS} times in a row; try again") from None
+                time.sleep(REBUILD_PAUSE_S * attempt)
                 self._reopen()
         return self._prediction(response, (time.perf_counter() - start) * 1000.0)
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
 from ..errors import AuthError, BackendBusyError, BackendError, BackendUnreachableError, LimitError
-from .protocol import ERROR_TYPES, FRAME_MEDIA_TYPE, HEADER_AUTH, HEADER_RETRY_AFTER, HEADER_SERVER_MS
+from .protocol import ERROR_TYPES, FRAME_MEDIA_TYPE, HEADER_AUTH, HEADER_RETRY_AFTER, HEADER_ROUTE, HEADER_SERVER_MS
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Transport:
         self._base = parts.path.rstrip("/")
         self._token = token
         self.timeout = timeout
+        self.route: Optional[str] = None  # the image digest, sent for replica affinity (ignored by a single server)
         self._local = threading.local()
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -69,6 +70,8 @@ class Transport:
         headers: Dict[str, str] = {}
         if self._token:
             headers[HEADER_AUTH] = f"Bearer {self._token}"
+        if self.route:
+            headers[HEADER_ROUTE] = self.route
         if json_body is not None:
             body, content_type = json.dumps(json_body).encode(), "application/json"
         if content_type:

@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from .arguments import add_device
+from .arguments import add_device, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--token-file", type=Path, default=None, help="file of 'name token' lines")
     p.add_argument("--preload", default="", help="comma-separated models to load before serving")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--ray", action="store_true", help="serve through Ray Serve (pip install 'ray[serve]')")
+    p.add_argument("--replicas", type=positive_int, default=2, help="with --ray: replicas, one model set each (default 2)")
+    p.add_argument("--threads", type=positive_int, default=1, help="with --ray: torch threads per replica (default 1)")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="with --ray: GPU share per replica, e.g. 1 or 0.5")
     add_device(p)
     p.set_defaults(func=run)
 
@@ -41,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
     settings = ServerSettings(**overrides)
     settings.check_exposure()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.ray:
+        from ..server.ray_serve import run_ray
+
+        run_ray(settings, args.replicas, args.threads, gpus_per_replica=args.gpus_per_replica,
+                num_cpus=os.cpu_count())
+        return 0
     app = create_app(settings)
     for model in filter(None, (m.strip() for m in args.preload.split(","))):
         app.state.fastmedsam.pool.slot(model)
