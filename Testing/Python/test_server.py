@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 from live_server import REPO, ProcessServer, ThreadServer, free_port
+from torch_blocker import BLOCK_TORCH
 
 from FastMedSAMLib import Box, Box3D
 from FastMedSAMLib.client import protocol as p
@@ -74,14 +75,7 @@ def test_mask_frame_round_trip_sends_only_the_bounding_box() -> None:
 def test_client_imports_and_predicts_without_torch(live_server, lesion, local, tmp_path) -> None:
     image, gt = lesion
     box = boxes(gt)[0]
-    code = f"""
-import builtins, sys
-real = builtins.__import__
-def guarded(name, *args, **kwargs):
-    if name == "torch" or name.startswith("torch."):
-        raise ImportError("torch is blocked in this test")
-    return real(name, *args, **kwargs)
-builtins.__import__ = guarded
+    code = BLOCK_TORCH + f"""
 import numpy as np
 from FastMedSAMLib import RemoteSession, Box
 s = RemoteSession({live_server.url!r}, model="litemedsam")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 import pytest
+from torch_blocker import BLOCK_TORCH
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "FastMedSAMLib"
@@ -78,19 +79,10 @@ def test_cycle_finder_sees_a_cycle() -> None:
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
 
 
-_BLOCK_TORCH = """
-import builtins, sys
-real = builtins.__import__
-def guarded(name, *args, **kwargs):
-    if name == "torch" or name.startswith("torch."):
-        raise ImportError("torch is blocked in this test")
-    return real(name, *args, **kwargs)
-builtins.__import__ = guarded
-"""
 
 
 def test_public_contract_imports_without_torch() -> None:
-    code = _BLOCK_TORCH + (
+    code = BLOCK_TORCH + (
         "from FastMedSAMLib import Prediction, Box, Box3D, Point, FastMedSAMError, SessionLike\n"
         "from FastMedSAMLib.api import STAGES\n"
         "from FastMedSAMLib.errors import PauseError, RegistryError, DeviceError\n"
@@ -107,7 +99,7 @@ def test_public_contract_imports_without_torch() -> None:
 
 
 def test_torch_blocker_really_blocks() -> None:
-    done = subprocess.run([sys.executable, "-c", _BLOCK_TORCH + "import torch"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import torch"], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "blocked" in done.stderr
 
 
