@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
         to_tensors,
         training_subset,
     )
-    from ..pause.heads import load_heads, sha256_of
+    from ..pause.heads import load_heads
     from ..pause.split import check_disjoint, make_split, save_split, trained_images
+    from ..weights.store import sha256_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     after = fractions_per_knob(net.image_encoder, heads, tensors)
     report = {
         "commit": commit, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
-        "manifest_sha256": sha256_of(args.manifest),
+        "manifest_sha256": sha256_file(args.manifest),
         "slices": {name: per_folder(s) for name, s in slices.items()},
         "curve": curve, "before": before, "after": after,
         "knob_error_before": None if before is None else {k: round(knob_error(v), 4) for k, v in before.items()},

@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..models import load_model
     from ..pause.data import training_slices
-    from ..pause.heads import sha256_of
     from ..pause.train import TrainConfig, train
+    from ..weights.store import sha256_file
 
     torch.manual_seed(args.seed)
     config = TrainConfig(seed=args.seed, slices=args.slices)
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     slices = training_slices(args.manifest, config.slices, config.seed)
     heads, report = train(net.image_encoder, slices, config, progress=not args.quiet)
     report.update({"model": args.model, "commit": _commit(), "torch": str(torch.__version__),
-                   "threads": torch.get_num_threads(), "manifest_sha256": sha256_of(args.manifest),
+                   "threads": torch.get_num_threads(), "manifest_sha256": sha256_file(args.manifest),
                    "slice_sources": [s.source for s in slices]})
     sha256 = heads.save(args.out, report)
     size = args.out.stat().st_size

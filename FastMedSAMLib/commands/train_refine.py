@@ -33,11 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io.manifest import read_manifest
     from ..models import load_model
-    from ..pause.heads import sha256_of
     from ..refine.data import build_cache, load_records
     from ..refine.split import split
     from ..refine.train import TrainConfig, train
     from ..refine.weights import save
+    from ..weights.store import sha256_file
     from .train_pause import _commit
 
     torch.set_num_threads(1)
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     report = train(net, records, config, progress=not args.quiet, log=log)
     sha256 = save(net, args.out)
     report.update({"commit": _commit(), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
-                   "manifest_sha256": sha256_of(args.manifest), "split": split(read_manifest(args.manifest)),
+                   "manifest_sha256": sha256_file(args.manifest), "split": split(read_manifest(args.manifest)),
                    "sha256": sha256, "size": args.out.stat().st_size})
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     note = args.out.with_suffix(".md")

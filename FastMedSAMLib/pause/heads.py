@@ -7,7 +7,6 @@ threshold for pause = i / (len - 1), linear in between.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from ..weights.store import sha256_file
 from .knob import validate_pause
 
 FORMAT = "fastmedsam-pause-heads"
@@ -110,15 +110,7 @@ class PauseHeads(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(payload, path)
-        return sha256_of(path)
-
-
-def sha256_of(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_file(Path(path))
 
 
 def load_heads(path: PathLike, sha256: Optional[str], model: Optional[str] = None) -> PauseHeads:
@@ -129,7 +121,7 @@ def load_heads(path: PathLike, sha256: Optional[str], model: Optional[str] = Non
     if not path.is_file():
         raise WeightsError(f"pause heads file not found: {path}")
     if sha256 is not None:
-        actual = sha256_of(path)
+        actual = sha256_file(Path(path))
         if actual != sha256.lower():
             raise WeightsError(
                 f"pause heads at {path} fail verification: expected sha256 {sha256}, found {actual}; "

@@ -44,7 +44,7 @@ def weights_sha256(model: str, weights: Optional[Path]) -> str:
     """The sha256 of the weights a Session loaded: the registry's pinned one (the store verified the file against
     it), or that of the file given."""
     from ..weights.registry import get_spec
-    from .onnx_cache import sha256_file
+    from ..weights.store import sha256_file
 
     return sha256_file(Path(weights)) if weights is not None else get_spec(model).sha256
 

@@ -8,7 +8,6 @@ sidecar written after the file is complete; a file whose sidecar is missing or w
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
@@ -18,18 +17,9 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import RuntimeChoiceError
+from ..weights.store import sha256_file
 
 OPSET = 17
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _tools() -> str:
     try:

@@ -133,7 +133,8 @@ def _expected(target: _Target) -> tuple:
     return target.size, None
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB chunks (the project's one file hash)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
@@ -160,7 +161,7 @@ def _check_file(target: _Target, full: bool) -> str:
     if (not full and record is not None and record["size"] == st.st_size and record["mtime_ns"] == st.st_mtime_ns
             and (sha is None or record["sha256"] == sha)):
         return record["sha256"]
-    actual = _sha256_file(target.path)
+    actual = sha256_file(target.path)
     if sha is not None and actual != sha:
         raise _corrupt(target, "sha256", sha, actual)
     if target.repo is None or target.sha256 is not None:
