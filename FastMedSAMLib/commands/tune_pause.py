@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..weights.store import cache_dir
 from .arguments import add_manifest, positive_int
 from .train_pause import _commit
 
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="heads file to write")
     p.add_argument("--steps", type=positive_int, default=200, help="optimisation steps (default 200)")
     p.add_argument("--rank", type=positive_int, default=8, help="adapter rank (default 8)")
-    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fastmedsam" / "pause-tune",
+    p.add_argument("--cache", type=Path, default=cache_dir() / "pause-tune",
                    help="where the plain model's embeddings are cached (default %(default)s)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's own)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
