@@ -12,18 +12,20 @@ from fastapi.responses import JSONResponse
 from .. import __version__
 from ..client import protocol as p
 from ..errors import BackendBusyError, FastMedSAMError
+from .jobs import JobBoard
 from .routes import health, images, jobs, models, sessions
 from .settings import ServerSettings
 from .state import ServerState
 
 
 def create_app(settings: Optional[ServerSettings] = None,
-               session_factory: Optional[Callable[[str], Any]] = None) -> FastAPI:
-    """The server app. `session_factory(model)` builds a model's Session (default: `Session` on settings.device)."""
+               session_factory: Optional[Callable[[str], Any]] = None, job_board: Optional[JobBoard] = None) -> FastAPI:
+    """The server app. `session_factory(model)` builds a model's Session (default: `Session` on settings.device);
+    `job_board` shares 3D jobs with other replicas (Ray Serve)."""
     settings = settings or ServerSettings()
     app = FastAPI(title="FastMedSAM server", version=__version__,
                   description="Interactive medical segmentation behind the Session API (see FastMedSAMLib.client).")
-    app.state.fastmedsam = ServerState.build(settings, session_factory)
+    app.state.fastmedsam = ServerState.build(settings, session_factory, job_board)
     for module in (health, models, images, sessions, jobs):
         app.include_router(module.router)
 

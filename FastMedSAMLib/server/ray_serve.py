@@ -5,16 +5,63 @@ Each replica builds its own app (its own model Sessions, image store and session
 (`protocol.HEADER_ROUTE`) and every replica registers the digests it served, so the prompts on one image go to
 the replica that holds its embeddings where possible. The routing is a soft affinity: a request that lands on
 another replica gets 410 / 404 there and the client rebuilds the session on it from the digest, as after a
-restart — any replica can serve any session.
+restart — any replica can serve any session. A 3D job runs on the replica that took it and is polled through
+the `RayJobBoard` all replicas share, so any replica answers its polls.
 """
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from .settings import ServerSettings
 
 MAX_IMAGES_PER_REPLICA = 64  # digests a replica advertises (LRU); its image store is bounded by bytes anyway
+BOARD_NAME, BOARD_NAMESPACE = "fastmedsam-jobs", "fastmedsam"
+
+
+class JobBoardActor:
+    """The Ray actor behind `RayJobBoard`: job snapshots by id, dropped `keep_s` after they finish."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep_s = keep_s
+        self.jobs: Dict[str, Dict[str, Any]] = {}
+        self.finished_at: Dict[str, float] = {}
+
+    def publish(self, snapshot: Dict[str, Any]) -> None:
+        now = time.monotonic()
+        for job_id in [j for j, t in self.finished_at.items() if now - t > self.keep_s]:
+            self.jobs.pop(job_id, None)
+            self.finished_at.pop(job_id)
+        cancelled = self.jobs.get(snapshot["id"], {}).get("cancelled", False)
+        self.jobs[snapshot["id"]] = {**snapshot, "cancelled": cancelled}
+        if snapshot["finished"]:
+            self.finished_at[snapshot["id"]] = now
+
+    def read(self, job_id: str) -> Optional[Dict[str, Any]]:
+        return self.jobs.get(job_id)
+
+    def cancel(self, job_id: str) -> None:
+        if job_id in self.jobs:
+            self.jobs[job_id]["cancelled"] = True
+
+
+class RayJobBoard:
+    """`jobs.JobBoard` on the named `JobBoardActor` that `run_ray` starts (blocking calls: a few ms each)."""
+
+    def __init__(self) -> None:
+        import ray
+
+        self._ray = ray
+        self._actor = ray.get_actor(BOARD_NAME, namespace=BOARD_NAMESPACE)
+
+    def publish(self, snapshot: Dict[str, Any]) -> None:
+        self._ray.get(self._actor.publish.remote(snapshot))
+
+    def read(self, job_id: str) -> Optional[Dict[str, Any]]:
+        return self._ray.get(self._actor.read.remote(job_id))
+
+    def cancel(self, job_id: str) -> None:
+        self._ray.get(self._actor.cancel.remote(job_id))
 
 
 def build_deployment(settings: ServerSettings, replicas: int, threads: int = 1, cpus_per_replica: float = 0.5,
@@ -26,7 +73,7 @@ def build_deployment(settings: ServerSettings, replicas: int, threads: int = 1, 
 
         from .app import create_app
 
-        app = create_app(settings)
+        app = create_app(settings, job_board=RayJobBoard())
 
         @app.middleware("http")
         async def advertise_digest(request: Request, call_next):
@@ -62,6 +109,8 @@ def run_ray(settings: ServerSettings, replicas: int, threads: int = 1, object_st
 
     ray.init(num_cpus=num_cpus, object_store_memory=object_store_mb * 2**20, include_dashboard=False,
              configure_logging=False)
+    board = ray.remote(JobBoardActor).options(name=BOARD_NAME, namespace=BOARD_NAMESPACE, num_cpus=0)
+    board = board.remote(settings.job_keep_s)  # held by this driver, which lives as long as the server
     serve.start(http_options={"host": settings.host, "port": settings.port})
     cpus = max(0.1, (num_cpus or 2) / (replicas + 1))
     serve.run(build_deployment(settings, replicas, threads, cpus, gpus_per_replica), route_prefix="/")

@@ -12,7 +12,7 @@ from ..client.remote_session import decode_prompts, encode_prompts
 from ..client.serialization import pack_mask
 from ..io.images import Image
 from .auth import TokenCheck
-from .jobs import JobStore
+from .jobs import JobBoard, JobStore
 from .pool import ModelPool
 from .settings import ServerSettings
 from .stores import BlobStore, ServerSession, SessionRegistry
@@ -31,7 +31,8 @@ class ServerState:
     jobs: JobStore
 
     @classmethod
-    def build(cls, settings: ServerSettings, session_factory: Optional[Callable[[str], Any]] = None) -> "ServerState":
+    def build(cls, settings: ServerSettings, session_factory: Optional[Callable[[str], Any]] = None,
+              job_board: Optional[JobBoard] = None) -> "ServerState":
         if session_factory is None:
             def session_factory(model: str) -> Any:
                 from ..session import Session
@@ -43,7 +44,7 @@ class ServerState:
             blobs=BlobStore(int(settings.blob_store_mb * MB)),
             sessions=SessionRegistry(settings.max_sessions_per_token, settings.session_idle_s),
             pool=ModelPool(session_factory, settings.max_queue),
-            jobs=JobStore(settings.job_keep_s),
+            jobs=JobStore(settings.job_keep_s, job_board),
         )
 
     @property

@@ -12,6 +12,9 @@ import pytest
 from live_server import REPO, free_port, wait_healthy
 
 from FastMedSAMLib import Box, Box3D
+from FastMedSAMLib.client import protocol as p
+from FastMedSAMLib.client.remote_session import encode_prompts
+from FastMedSAMLib.client.serialization import pack_frame, unpack_mask
 from FastMedSAMLib.io.images import read_image, read_label
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
@@ -55,4 +58,17 @@ def test_two_replicas_give_the_local_masks(ray_server, data_dir) -> None:
     remote.set_image(image)
     for _ in range(3):  # several round trips: whichever replica answers, the mask is the local one
         np.testing.assert_array_equal(remote.predict(box=box).mask, local.predict(box=box).mask)
-    np.testing.assert_array_equal(remote.predict(box=box3d).mask, local.predict(box=box3d).mask)
+    expected = local.predict(box=box3d).mask
+    for _ in range(3):  # a 3D box is a job on one replica, polled through whichever answers (the shared board)
+        np.testing.assert_array_equal(remote.predict(box=box3d).mask, expected)
+
+    # Polls sent without the routing header land on either replica at random: every one must find the job.
+    header = {"kind": "prompt", "prompts": encode_prompts(box3d, None), "pause": 0.0}
+    started = remote.transport.request("POST", p.PATH_PREDICT.format(session_id=remote.session_id),
+                                       body=pack_frame(header, b""), content_type=p.FRAME_MEDIA_TYPE, expected=(202,))
+    remote.transport.route = None
+    answers = [remote.transport.request("GET", p.PATH_JOB.format(job_id=started.json()["job"]), expected=(200,))
+               for _ in range(12)]
+    while not answers[-1].is_frame:
+        answers.append(remote.transport.request("GET", p.PATH_JOB.format(job_id=started.json()["job"]) + "?wait=1"))
+    np.testing.assert_array_equal(unpack_mask(answers[-1].body)[0], expected)

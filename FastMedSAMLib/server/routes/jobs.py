@@ -13,11 +13,9 @@ router = APIRouter(tags=["jobs"])
 
 @router.get(p.PATH_JOB)
 async def poll_job(job_id: str, state: State, owner: Owner, wait: float = Query(default=0.0, ge=0.0, le=10.0)):
-    job = state.jobs.get(owner, job_id)
+    job = await run_in_threadpool(state.jobs.wait, owner, job_id, wait)
     if job is None:
         return gone("job")
-    if wait and not job.finished.is_set():
-        await run_in_threadpool(job.finished.wait, wait)
     if not job.finished.is_set():
         return {"state": job.state(), "done": job.done, "total": job.total, "waited": bool(wait)}
     if job.error is not None:
@@ -27,8 +25,4 @@ async def poll_job(job_id: str, state: State, owner: Owner, wait: float = Query(
 
 @router.delete(p.PATH_JOB, status_code=204)
 async def cancel_job(job_id: str, state: State, owner: Owner):
-    job = state.jobs.get(owner, job_id)
-    if job is None:
-        return gone("job")
-    job.cancelled = True
-    return Response(status_code=204)
+    return Response(status_code=204) if state.jobs.cancel(owner, job_id) else gone("job")
