@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for crops, sampling, clicks and training (default 0)")
     p.add_argument("--steps", type=positive_int, default=120, help="optimiser steps (default 120)")
     p.add_argument("--batch", type=positive_int, default=4, help="objects per step (default 4)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: refine.train.TrainConfig's, 1e-4)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     paths = build_cache(args.manifest, args.seed, log=log)
     records = load_records(paths)
     net = load_model("litemedsam")
-    config = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch)
+    config = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, **({} if args.lr is None else {"lr": args.lr}))
     report = train(net, records, config, progress=not args.quiet, log=log)
     sha256 = save(net, args.out)
     report.update({"commit": _commit(), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
@@ -71,7 +72,7 @@ def _note(args: argparse.Namespace, report: dict) -> str:
     return f"""# {args.out.name}
 
 Prompt encoder + mask decoder of `litemedsam-refine`, fine-tuned from LiteMedSAM's by `fastmedsam train-refine
---manifest <shared>/data/manifest.json --out {args.out} --seed {args.seed} --steps {args.steps} --batch {args.batch}`
+--manifest <shared>/data/manifest.json --out {args.out} --seed {args.seed} --steps {args.steps} --batch {args.batch} --lr {config['lr']}`
 (FastMedSAMLib/refine/train.py) at commit `{report['commit']}`, torch {report['torch']}, {report['threads']} thread(s),
 bfloat16 autocast, in {report['seconds']} s of training (embeddings cached beforehand); manifest sha256
 `{report['manifest_sha256']}`. The image encoder is LiteMedSAM's, unchanged (not in this file).
