@@ -46,6 +46,9 @@ class SessionLike(Protocol):
     - `predict(box=None, points=None, mask=None) -> Prediction`: voxel-index prompts (`Box` with `z` on a volume,
       `Box3D`, `Point`s); bad prompts raise `PromptError` and change nothing.
     - `set_pause(p)`: the token-pausing knob in [0, 1]; `PauseError` for a bad value or a model without heads.
+    - `prefetch(slices=None, center=None)`: encode a volume's slices in the background (`center` first, then
+      outward) so later prompts on them skip the encoder; prompts pre-empt it and results never change.
+      `PromptError` for a 2D image or a model that encodes per prompt.
     - `cache_info()` / `clear_cache()`: the embedding cache (entries, bytes, hits, misses, ...).
     """
 
@@ -71,6 +74,8 @@ class SessionLike(Protocol):
     ) -> Prediction: ...
 
     def set_pause(self, pause: float) -> None: ...
+
+    def prefetch(self, slices: Optional[Sequence[int]] = None, center: Optional[int] = None) -> object: ...
 
     def cache_info(self) -> Dict[str, int]: ...
 

@@ -15,6 +15,7 @@ PATH_IMAGE = PREFIX + "/images/{digest}"  # HEAD: does the server hold it; PUT: 
 PATH_SESSIONS = f"{PREFIX}/sessions"  # POST {model, image, window, pause}
 PATH_SESSION = PREFIX + "/sessions/{session_id}"  # GET info, DELETE
 PATH_PREDICT = PREFIX + "/sessions/{session_id}/predict"  # POST prompts -> a mask frame, or 202 + a job
+PATH_PREFETCH = PREFIX + "/sessions/{session_id}/prefetch"  # POST {center, slices, pause}: encode in the background
 PATH_CACHE = PREFIX + "/models/{model}/cache"  # the model's embedding cache: GET info, DELETE clears
 PATH_JOB = PREFIX + "/jobs/{job_id}"  # GET progress / the result frame, DELETE cancels
 

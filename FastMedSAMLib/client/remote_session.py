@@ -202,6 +202,23 @@ class RemoteSession:
                 self._reopen()
         return self._prediction(response, (time.perf_counter() - start) * 1000.0)
 
+    def prefetch(self, slices: Optional[Sequence[int]] = None, center: Optional[int] = None) -> int:
+        """As `Session.prefetch`, on the server: it encodes the slices (`center` first, then outward) in the
+        background at this session's knob, and later prompts on them skip the encoder. Returns at once with the
+        number of slices queued; nothing to wait for (predictions pre-empt it; results never change)."""
+        if self.session_id is None:
+            raise PromptError("no image: call set_image() before prefetch()")
+        body = {"slices": None if slices is None else [int(z) for z in slices],
+                "center": None if center is None else int(center), "pause": self.pause}
+        for attempt in range(REBUILD_ATTEMPTS):
+            response = self.transport.request("POST", p.PATH_PREFETCH.format(session_id=self.session_id),
+                                              json_body=body, expected=(202, 410))
+            if response.status == 202:
+                return int(response.json()["slices"])
+            time.sleep(REBUILD_PAUSE_S * attempt)
+            self._reopen()
+        raise BackendError(f"the server lost the session {REBUILD_ATTEMPTS} times in a row; try again")
+
     def _await_job(self, job_id: str, progress: Optional[Progress]):
         path = p.PATH_JOB.format(job_id=job_id)
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..errors import BackendBusyError
 from ..io.images import Image
@@ -60,3 +60,10 @@ class ModelPool:
         finally:
             with self._create:
                 slot.waiting -= 1
+
+    def prefetch(self, record: ServerSession, image: Image, pause: float, slices: Optional[Sequence[int]],
+                 center: Optional[int]) -> int:
+        """Start encoding `record`'s slices in the background on the model's Session (the viewed slice first);
+        the number of slices queued. Any prediction pre-empts it; one on another image stops it (`set_image`)."""
+        job, _ = self.run(record, image, pause, lambda session: session.prefetch(slices=slices, center=center))
+        return len(job.order)

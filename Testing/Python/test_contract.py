@@ -5,6 +5,7 @@ real data and the real LiteMedSAM weights: the same image and prompts give the s
 contract's error type and changes nothing."""
 from __future__ import annotations
 
+import time
 from typing import Callable, Dict
 
 import numpy as np
@@ -132,3 +133,25 @@ def test_cache_info_and_clear(session, lesion) -> None:
     session.clear_cache()
     assert session.cache_info()["entries"] == 0
     assert session.predict(box=_tight(gt[z], z=z)).encoder_calls == 1
+
+
+def test_prefetch_encodes_in_the_background_and_keeps_the_masks(session, lesion) -> None:
+    image, gt = lesion
+    session.set_image(image)
+    labelled = [int(z) for z in np.nonzero(gt.any(axis=(1, 2)))[0]]
+    near, far = labelled[len(labelled) // 2], labelled[0]
+    session.clear_cache()
+    cold = session.predict(box=_tight(gt[far], z=far)).mask  # encoded by the prompt itself
+    session.clear_cache()
+    session.prefetch(slices=[near, far], center=near)
+    deadline = time.monotonic() + 120
+    while session.cache_info()["entries"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    warm = session.predict(box=_tight(gt[far], z=far))
+    assert warm.encoder_calls == 0  # the prefetch encoded it
+    np.testing.assert_array_equal(warm.mask, cold)
+    with pytest.raises(PromptError):
+        session.prefetch(slices=[gt.shape[0]])  # not a slice of this volume
+    with pytest.raises(PromptError):
+        session.set_image(image.array[near])  # a 2D image: nothing to prefetch
+        session.prefetch()

@@ -28,6 +28,12 @@ class OpenSession(BaseModel):
     points_as_box: bool = False
 
 
+class Prefetch(BaseModel):
+    center: Optional[int] = Field(default=None, ge=0)
+    slices: Optional[List[int]] = Field(default=None, max_length=100_000)
+    pause: float = 0.0
+
+
 def gone(what: str = "session") -> JSONResponse:
     return JSONResponse({"error": {"type": p.GONE, "message": f"this {what} expired or the server restarted; open it again"}},
                         status_code=410)
@@ -83,3 +89,16 @@ async def predict(session_id: str, request: Request, state: State, owner: Owner)
         return JSONResponse({"job": job.id}, status_code=202)
     frame = await run_in_threadpool(state.predict_frame, record, image, header, mask)
     return Response(frame, media_type=p.FRAME_MEDIA_TYPE)
+
+
+@router.post(p.PATH_PREFETCH, status_code=202)
+async def prefetch(session_id: str, body: Prefetch, state: State, owner: Owner):
+    """Encode the session's slices in the background (`center` first, then outward): later prompts on them skip
+    the encoder. Best effort: any prediction pre-empts it, one on another image stops it."""
+    record = state.sessions.get(owner, session_id)
+    image = None if record is None else state.blobs.get(owner, record.digest)
+    if record is None or image is None:
+        return gone()
+    validate_pause(body.pause)
+    queued = await run_in_threadpool(state.pool.prefetch, record, image, body.pause, body.slices, body.center)
+    return {"slices": queued}
