@@ -12,6 +12,7 @@ import time
 
 import qt
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
@@ -34,6 +35,7 @@ from FastMedSAMLogicLib.view_overlay import SliceViewOverlay  # noqa: E402
 from FastMedSAMLogicLib.worker import PredictionWorker  # noqa: E402
 
 POLL_MS = 50
+PREFETCH_DELAY_MS = 400  # after the last slice change
 OWNER = "module-panel"  # its name on the prediction channel shared with the Segment Editor effect
 PROGRESS_DELAY_S = 0.6  # the progress indicator appears only for predictions slower than this
 PROMPT_NODES = {  # tool -> (parameter role, node class, name, colour)
@@ -85,6 +87,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._progressBar = None  # one status-bar indicator, reused; it never takes the focus
         self._overlay = SliceViewOverlay()
         self._lastView = "Red"  # the slice view the pointer was last in
+        self._prefetchView = "Red"  # the slice view scrolled last
         self._updating = False
 
     # -- set-up --------------------------------------------------------------------------------------------
@@ -129,6 +132,10 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
         self._timer.connect("timeout()", self._poll)
+        self._prefetchTimer = qt.QTimer()  # scrolling settles before the viewed slices are prefetched
+        self._prefetchTimer.setSingleShot(True)
+        self._prefetchTimer.setInterval(PREFETCH_DELAY_MS)
+        self._prefetchTimer.connect("timeout()", self._prefetchViewed)
         self._createShortcuts()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -155,11 +162,36 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
         for shortcut in self._shortcuts:
             shortcut.setEnabled(True)
+        for sliceNode in self._sliceNodes().values():  # prefetch follows the slice being viewed
+            self.addObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onSliceViewChanged)
 
     def exit(self):
         for shortcut in self._shortcuts:
             shortcut.setEnabled(False)
         self._stopPlacement()
+        for sliceNode in self._sliceNodes().values():
+            self.removeObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onSliceViewChanged)
+        self._prefetchTimer.stop()
+
+    def onSliceViewChanged(self, sliceNode, event):
+        self._prefetchView = sliceNode.GetLayoutName()
+        self._prefetchTimer.start()  # restarts: one prefetch once the scrolling stops
+
+    def _prefetchViewed(self):
+        """Encode, on the backend and in the background, the slices around the one the scrolled view shows (that
+        one first), so the next prompt there skips the encoder. Silent and best effort: never a dialog, never
+        ahead of a prompt (the channel's background lane), nothing when the model or weights are not ready."""
+        model, device = self.ui.modelComboBox.currentText, self.ui.deviceComboBox.currentText
+        volume = self.ui.inputVolumeSelector.currentNode()
+        if not model or volume is None or dependencies.missing_requirements() or not model_info(get_spec(model)).downloaded:
+            return
+        try:
+            request = self.logic.prepare_prefetch(volume, model, device, self.logic.parameters.pause,
+                                                  slice_to_ras=self._sliceToRAS(self._prefetchView))
+        except FastMedSAMError:
+            return  # e.g. a volume without image data: the prompt will say so
+        if request is not None:
+            shared.shared_worker(slicer.mrmlScene).submit_background(request)
 
     def cleanup(self):
         self.removeObservers()

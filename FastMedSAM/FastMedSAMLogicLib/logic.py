@@ -22,13 +22,15 @@ from FastMedSAMLib.timing import ms_since
 
 from . import prompt_nodes, segment_io
 from .geometry import ijk_to_local, lps_geometry, parent_to_world
-from .model_catalog import pause_state, takes_mask
+from .model_catalog import pause_state, prefetches, takes_mask
 from .overlay import TimingHistory, TimingRecord, format_overlay
 from .parameters import Parameters
 from .segment_io import Region, read_region, write_region
 from .undo import UndoStack, UndoState
 from .view_frame import ViewFrame, plane_step_mm, view_containing, view_frame, view_slice_index, volume_frame
 
+PREFETCH = "prefetch"  # a background request: encode the viewed slices ahead of the prompts
+PREFETCH_RADIUS = 8  # slices either side of the viewed one: where the next prompts land, not the whole volume
 SessionFactory = Callable[[str, str], SessionLike]  # (model, device) -> a Session (local) or a RemoteSession
 
 
@@ -63,7 +65,7 @@ class ImagePayload:
 
 @dataclass
 class Request:
-    kind: str  # "slice" or "3D"
+    kind: str  # "slice", "3D" or PREFETCH
     model: str
     device: str
     volume_id: str
@@ -83,6 +85,7 @@ class Request:
     pause_note: str = ""  # why an asked knob was not applied, else empty
     logic_ms: Dict[str, float] = field(default_factory=dict)
     frame: Optional[ViewFrame] = None  # the view's voxel grid (None: the volume's own, slices along K)
+    prefetch_slices: Optional[Tuple[int, int]] = None  # PREFETCH: first and last slice to encode
 
 
 @dataclass
@@ -173,32 +176,37 @@ class FastMedSAMLogic:
         frame = self.frame_of_view(volume, slice_to_ras)
         return view_slice_index(frame, volume, slice_to_ras)
 
+    def _frame_image(self, volume, model: str, device: str, slice_to_ras, planes: Optional[Tuple[int, int]]):
+        """The view's frame, the image key, and the image to send (None when that Session already holds it).
+        `planes`: the frame planes needed; an oblique view's resampling is limited to them (a big CT resliced
+        whole would take tens of seconds; one plane takes milliseconds)."""
+        frame = self.frame_of_view(volume, slice_to_ras)
+        planes = None if frame.aligned or planes is None else (max(planes[0], 0), min(planes[1], frame.shape[0] - 1))
+        key = self._image_key(volume, frame) + (planes,)
+        if self._loaded_image.get((model, device)) == key:
+            return frame, key, None
+        array = util.arrayFromVolume(volume)
+        if array.ndim == 4 and array.shape[-1] != 3:
+            raise ImageError(f"volume {volume.GetName()!r} has {array.shape[-1]} components; FastMedSAM takes 1 or 3")
+        array = array if frame.is_identity else frame.image(array, planes)
+        # world geometry when the parent transforms are linear; the volume's own otherwise (only pixels matter)
+        to_world = parent_to_world(volume)
+        local = frame.index_to_local(volume)
+        spacing, origin, direction = lps_geometry(local if to_world is None else to_world @ local)
+        image = ImagePayload(np.array(array[0] if frame.shape[0] == 1 else array), spacing, origin, direction)
+        return frame, key, image
+
     def _base_request(self, kind: str, volume, segmentation, segment_id: str, model: str, device: str,
                       prompt_nodes_used: Sequence, slice_index: Optional[int], pause: float,
                       slice_to_ras=None, planes: Optional[Tuple[int, int]] = None) -> Request:
-        """`planes`: the frame planes the prompt needs; an oblique view's resampling is limited to them (a big
-        CT resliced whole would take tens of seconds; one plane takes milliseconds)."""
         pause, pause_note = resolve_pause(model, pause)
         if volume is None or segmentation is None:
             raise PromptError("choose an input volume and an output segmentation first")
         if segmentation.GetSegmentation().GetSegment(segment_id) is None:
             raise PromptError(f"segmentation {segmentation.GetName()!r} has no segment {segment_id!r}")
         start = time.perf_counter()
-        frame = self.frame_of_view(volume, slice_to_ras)
-        planes = None if frame.aligned or planes is None else (max(planes[0], 0), min(planes[1], frame.shape[0] - 1))
-        key = self._image_key(volume, frame) + (planes,)
+        frame, key, image = self._frame_image(volume, model, device, slice_to_ras, planes)
         shape_kji = frame.shape
-        image = None
-        if self._loaded_image.get((model, device)) != key:
-            array = util.arrayFromVolume(volume)
-            if array.ndim == 4 and array.shape[-1] != 3:
-                raise ImageError(f"volume {volume.GetName()!r} has {array.shape[-1]} components; FastMedSAM takes 1 or 3")
-            array = array if frame.is_identity else frame.image(array, planes)
-            # world geometry when the parent transforms are linear; the volume's own otherwise (only pixels matter)
-            to_world = parent_to_world(volume)
-            local = frame.index_to_local(volume)
-            spacing, origin, direction = lps_geometry(local if to_world is None else to_world @ local)
-            image = ImagePayload(np.array(array[0] if shape_kji[0] == 1 else array), spacing, origin, direction)
         extract_ms = ms_since(start)
         prompt_key = (kind, tuple(sorted(n.GetID() for n in prompt_nodes_used)), slice_index, frame.key)
         return Request(
@@ -207,6 +215,32 @@ class FastMedSAMLogic:
             prompt_key=prompt_key, prompt_region=Region(0, 0, 0, 0, 0, 0), slice_index=slice_index, image=image,
             pause=pause, pause_note=pause_note, logic_ms={"extract": extract_ms},
             frame=None if frame.is_identity else frame,
+        )
+
+    def prepare_prefetch(self, volume, model: str, device: str = "auto", pause: float = 0.0,
+                         slice_to_ras=None, radius: int = PREFETCH_RADIUS) -> Optional[Request]:
+        """A background request: encode the slices of the view's frame within `radius` of the one the view shows
+        (that one first, then outward; the middle one without a view) so the next prompt there skips the encoder.
+        None where prefetching does not apply: a one-slice volume, an oblique view (its planes are resampled per
+        prompt), a model that encodes per prompt (3D point models)."""
+        if volume is None or volume.GetImageData() is None or volume.GetImageData().GetDimensions()[2] == 1:
+            return None
+        if not prefetches(model):
+            return None
+        frame = self.frame_of_view(volume, slice_to_ras)
+        if not frame.aligned:
+            return None
+        depth = frame.shape[0]
+        k = depth // 2 if slice_to_ras is None else view_slice_index(frame, volume, slice_to_ras)
+        if not 0 <= k < depth:
+            return None  # the view shows a plane outside the volume
+        pause, _ = resolve_pause(model, pause)
+        frame, key, image = self._frame_image(volume, model, device, slice_to_ras, None)
+        return Request(
+            kind=PREFETCH, model=model, device=device, volume_id=volume.GetID(), segmentation_id="", segment_id="",
+            image_key=key, shape_kji=frame.shape, is_2d_image=False, prompt_key=(PREFETCH, k, frame.key),
+            prompt_region=Region(0, 0, 0, 0, 0, 0), slice_index=k, image=image, pause=pause,
+            frame=None if frame.is_identity else frame, prefetch_slices=(max(k - radius, 0), min(k + radius, depth - 1)),
         )
 
     def prepare_box(self, volume, roi, segmentation, segment_id: str, model: str = "litemedsam",
@@ -315,8 +349,9 @@ class FastMedSAMLogic:
         return Region(k, k, math.floor(min(ys)), math.ceil(max(ys)), math.floor(min(xs)), math.ceil(max(xs))).clipped(shape_kji)
 
     # -- step 2: the Session (worker thread; no MRML here) ---------------------------------------------------
-    def predict(self, request: Request, progress: Optional[Callable[[int, int], None]] = None) -> SessionOutcome:
-        """`progress(done, total)` follows a 3D propagation slice by slice (on this thread)."""
+    def predict(self, request: Request, progress: Optional[Callable[[int, int], None]] = None) -> Optional[SessionOutcome]:
+        """`progress(done, total)` follows a 3D propagation slice by slice (on this thread). A prefetch request
+        only starts the Session's background encoding and returns None."""
         session = self.session(request.model, request.device)
         set_image_ms = 0.0
         if request.image is not None:
@@ -328,6 +363,10 @@ class FastMedSAMLogic:
         elif self._loaded_image.get((request.model, request.device)) != request.image_key:
             raise FastMedSAMError("the image changed since this prompt was prepared; prompt again")
         session.set_pause(request.pause)  # the same Session (weights, cached embeddings) at another knob
+        if request.kind == PREFETCH:
+            first, last = request.prefetch_slices
+            session.prefetch(slices=range(first, last + 1), center=request.slice_index)
+            return None
         extra = {} if progress is None else {"progress": progress}
         if request.previous_mask is not None:
             extra["mask"] = request.previous_mask

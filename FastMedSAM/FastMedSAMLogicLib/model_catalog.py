@@ -103,3 +103,9 @@ def propagates(model: str) -> bool:
 def takes_mask(model: str) -> bool:
     """Models that refine a previous mask (litemedsam-refine): each click on a slice refines the segment there."""
     return "mask" in get_spec(model).prompts and get_spec(model).dimensionality == "2D"
+
+
+def prefetches(model: str) -> bool:
+    """Slice models encode each slice once for every prompt on it, so encoding the viewed slices ahead pays;
+    3D point models encode a crop around each prompt."""
+    return get_spec(model).dimensionality == "2D"

@@ -3,6 +3,7 @@ Slicer). Each takes a `SelfTestContext`, raises AssertionError on failure and re
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -540,6 +541,50 @@ def worker_supersedes(ctx: SelfTestContext) -> Dict[str, object]:
     return {"superseded": len(tickets) - 1, "error": str(failed.error)}
 
 
+def prefetch_follows_the_view(ctx: SelfTestContext) -> Dict[str, object]:
+    """Scrolling a view queues a background prefetch of the slices around the one it shows: it waits behind a
+    prompt on the worker (never ahead of it, never superseding it), and once it ran, a prompt on a prefetched
+    slice skips the encoder and writes the same mask. Nothing is queued where it cannot help."""
+    lesion, volume = ctx.lesion, ctx.lesion.volume
+    centre = [(lesion.box[4] + lesion.box[5]) / 2, (lesion.box[2] + lesion.box[3]) / 2, (lesion.box[0] + lesion.box[1]) / 2]
+    red = views.view_matrix(lesion, "Red", centre)
+    k = ctx.logic.view_slice_index(volume, red)
+    segmentation, (target,) = ctx.new_segmentation("prefetch", "lesion")
+    roi = _gt_box_roi(ctx)
+    cold = ctx.logic.segment_slice(volume, [roi], segmentation, target, k, model=MODEL, device=DEVICE)
+    ctx.logic.clear()
+    session = ctx.logic.session(MODEL, DEVICE)
+    session.clear_cache()
+
+    background = ctx.logic.prepare_prefetch(volume, MODEL, DEVICE, slice_to_ras=red, radius=2)
+    assert background is not None and background.slice_index == k and background.prefetch_slices == (k - 2, k + 2)
+    prompt = ctx.logic.prepare_slice(volume, [roi], segmentation, target, k + 1, MODEL, DEVICE)
+    worker = PredictionWorker(ctx.logic.predict)
+    try:
+        worker.submit_background(background)
+        ticket = worker.submit(prompt)
+        assert worker.wait_idle(300)
+        (outcome,) = worker.poll()  # the prompt's outcome only: the background lane reports nothing
+        assert outcome.ticket == ticket and outcome.error is None
+    finally:
+        worker.close()
+    deadline = time.monotonic() + 300
+    while session.cache_info()["entries"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert session.cache_info()["entries"] == 5, session.cache_info()
+    warm = ctx.logic.segment_slice(volume, [roi], segmentation, target, k, model=MODEL, device=DEVICE)
+    assert warm.prediction.encoder_calls == 0, "the prefetched slice was encoded again"
+    assert np.array_equal(warm.mask, cold.mask), "prefetch changed a result"
+
+    oblique = views.view_matrix(lesion, "oblique", centre)
+    assert ctx.logic.prepare_prefetch(volume, MODEL, DEVICE, slice_to_ras=oblique) is None
+    assert ctx.logic.prepare_prefetch(volume, "fastsam3d", DEVICE, slice_to_ras=red) is None
+    ctx.logic.clear()
+    for node in (roi, segmentation):
+        ctx.scene.RemoveNode(node)
+    return {"slice": k, "prefetched": background.prefetch_slices, "warm_encoder_calls": warm.prediction.encoder_calls}
+
+
 REFINE_MODEL = "litemedsam-refine"
 
 
@@ -597,6 +642,7 @@ BODIES: Tuple[Tuple[str, Callable[[SelfTestContext], Dict[str, object]]], ...] =
     ("prompts_in_any_view", views.prompts_in_any_view),
     ("view_slice_follows_the_view", views.view_slice_follows_the_view),
     ("refine_clicks", refine_clicks),
+    ("prefetch_follows_the_view", prefetch_follows_the_view),
 )
 
 
