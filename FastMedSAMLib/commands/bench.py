@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     remote.add_argument("--remote", metavar="URL", help="server URL, e.g. http://127.0.0.1:8765 (token: FASTMEDSAM_TOKEN)")
     remote.add_argument("--clients", type=positive_int, default=8, help="concurrent clients of the load check (default 8)")
     remote.add_argument("--clicks", type=positive_int, default=50, help="cached clicks per client (default 50)")
+    remote.add_argument("--sessions", type=positive_int, default=100,
+                        help="sessions held open at once, each on a new image, for the memory figure (default 100)")
     p.set_defaults(func=run, models=None)
 
 
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
         report = bench_remote(args.remote, os.environ.get("FASTMEDSAM_TOKEN"), args.manifest.parent,
                               model=(args.models or ["litemedsam"])[0], clicks=args.clicks, clients=args.clients,
-                              device=args.device)
+                              device=args.device, sessions=args.sessions)
         return emit(report, remote_markdown(report), args.out)
     from ..evaluation.bench import bench, markdown
 

@@ -4,7 +4,9 @@
   server's own share and the wire's;
 - upload: a 512×512×300 int16 CT (the DeepLesion volume's real HU slices, tiled to 300, one voxel randomised so the
   digest is new) — first `set_image` time and bytes sent, then the same image again (bytes sent must be 0);
-- load: N concurrent clients × M cached clicks on their own sessions: errors, p50 / p99, clicks per second.
+- load: N concurrent clients × M cached clicks on their own sessions: errors, p50 / p99, clicks per second;
+- sessions: S sessions held open at once, each on its own 2D slice image (a new digest each, encoded once): the
+  server's peak RSS as they accumulate, and how many the per-token limit refused — the memory bounds at work.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def _clicks(session: Any, box: Box, n: int) -> List[float]:
 
 
 def bench_remote(url: str, token: Optional[str], data_dir: Path, model: str = "litemedsam", clicks: int = 50,
-                 clients: int = 8, device: str = "cpu", local: bool = True) -> Dict[str, Any]:
+                 clients: int = 8, device: str = "cpu", local: bool = True, sessions: int = 100) -> Dict[str, Any]:
     from ..io.images import read_image, read_label
 
     image = read_image(data_dir / LESION_CT)
@@ -67,6 +69,7 @@ def bench_remote(url: str, token: Optional[str], data_dir: Path, model: str = "l
 
     report["upload"] = _upload(url, token, model, image.array)
     report["load"] = _load(url, token, model, image, box, clicks, clients)
+    report["sessions"] = _sessions(url, token, model, image.array[z], Box(box.x0, box.y0, box.x1, box.y1), sessions)
     return report
 
 
@@ -121,6 +124,33 @@ def _load(url: str, token: Optional[str], model: str, image: Any, box: Box, clic
             "clicks_per_s": len(latencies) / wall if wall else float("nan")}
 
 
+def _sessions(url: str, token: Optional[str], model: str, plane: np.ndarray, box: Box, count: int) -> Dict[str, Any]:
+    from ..client import protocol as p
+    from ..client.transport import Transport
+    from ..errors import TooManySessionsError
+
+    health = Transport(url, token)
+    held: List[RemoteSession] = []
+    refused, peaks = 0, [(0, health.request("GET", p.PATH_HEALTH).json().get("peak_rss_mb"))]
+    for i in range(count):
+        image = plane.astype(np.int16)
+        image[0, 0] = i  # a digest of its own: every session uploads and encodes its image
+        session = RemoteSession(url, token=token, model=model)
+        try:
+            session.set_image(image, modality="CT")
+            session.predict(box=box)
+            held.append(session)
+        except TooManySessionsError:
+            refused += 1
+            session.close()
+        if (i + 1) % 10 == 0:
+            peaks.append((i + 1, health.request("GET", p.PATH_HEALTH).json().get("peak_rss_mb")))
+    cache = held[0].cache_info() if held else {}
+    for session in held:
+        session.close()
+    return {"opened": len(held), "refused": refused, "peak_rss_mb": peaks, "cache": cache}
+
+
 def markdown(report: Dict[str, Any]) -> str:
     r, up, load = report["remote_click"], report["upload"], report["load"]
     rows = ["| measure | local Session | RemoteSession |", "|---|---|---|"]
@@ -134,4 +164,10 @@ def markdown(report: Dict[str, Any]) -> str:
     rows.append(f"| same CT again | – | {up['second']['set_image_s']:.2f} s, {up['second']['bytes_sent']} bytes sent |")
     rows.append(f"| {report['clients']} clients × {report['clicks']} cached clicks | – | {load['errors']} errors, "
                 f"p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, {load['clicks_per_s']:.1f} clicks/s |")
+    held = report.get("sessions")
+    if held:
+        curve = ", ".join(f"{n}: {mb}" for n, mb in held["peak_rss_mb"])
+        rows.append(f"| {held['opened'] + held['refused']} sessions on new images, held open | – | {held['opened']} open, "
+                    f"{held['refused']} refused (per-token limit); server peak RSS MB after n sessions: {curve}; "
+                    f"embedding cache {held['cache'].get('bytes', 0) / 2**20:.0f} MB in {held['cache'].get('entries', 0)} entries |")
     return "\n".join(rows)

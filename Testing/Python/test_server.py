@@ -279,3 +279,17 @@ def test_server_killed_and_restarted_mid_session(lesion, local, tmp_path) -> Non
         np.testing.assert_array_equal(after.mask, local.predict(box=box).mask)
     finally:
         server.kill()
+
+
+def test_bench_remote_reports_every_figure(live_server, data_dir) -> None:
+    """`fastmedsam bench --remote` end to end, small: the same masks local and remote (checked inside), the big CT
+    sent once, no load errors, and sessions held on new images with the server's peak memory reported."""
+    from FastMedSAMLib.evaluation.bench_remote import bench_remote, markdown
+
+    report = bench_remote(live_server.url, None, data_dir, clicks=3, clients=2, sessions=3)
+    assert report["upload"]["first"]["bytes_sent"] > 0 and report["upload"]["second"]["bytes_sent"] == 0
+    assert report["load"]["errors"] == 0 and report["load"]["requests"] == 2 * 3
+    held = report["sessions"]
+    assert held["opened"] == 3 and held["refused"] == 0 and held["cache"]["entries"] >= 3
+    assert all(mb > 0 for _, mb in held["peak_rss_mb"])
+    assert "3 sessions on new images" in markdown(report)
