@@ -6,18 +6,18 @@ values of the first token-to-image attention (0.55 of its 3.6 GFLOPs). `Prepared
 embedding (kept for the few most recent embeddings), then per prompt runs only the rest, and of the four mask
 tokens only the one a single-mask answer uses (one hypernetwork MLP, one row of the mask product).
 
-Same operations in the same order as `MaskDecoder`; the results equal `SamModel.decode` up to float rounding
-(tested). Points, mask prompts or multimask requests take the plain `SamModel.decode`.
+Same operations in the same order as `MaskDecoder`, its attentions through PyTorch's fused scaled-dot-product
+kernel; the results equal `SamModel.decode` up to float rounding (tested). Points, mask prompts or multimask requests take the plain `SamModel.decode`.
 """
 from __future__ import annotations
 
-import math
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from ..models.base import SamModel
 from ..models.mask_decoder import Attention
@@ -35,13 +35,38 @@ class ImageSide:
     grid: Tuple[int, ...]
 
 
-def _attend(attn: Attention, q: torch.Tensor, k_heads: torch.Tensor, v_heads: torch.Tensor) -> torch.Tensor:
-    """`Attention.forward` with the key/value projections already done (same operations)."""
+def _attend(attn: Attention, q: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
+            k_heads: Optional[torch.Tensor] = None, v_heads: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`Attention.forward` through PyTorch's fused scaled-dot-product kernel (no materialised score matrix, fewer
+    layout copies); `k_heads` / `v_heads`: key/value projections already done."""
     q = attn._heads(attn.q_proj(q))
-    logits = q @ k_heads.permute(0, 1, 3, 2) / math.sqrt(q.shape[-1])
-    out = torch.softmax(logits, dim=-1) @ v_heads
+    k = attn._heads(attn.k_proj(k)) if k_heads is None else k_heads
+    v = attn._heads(attn.v_proj(v)) if v_heads is None else v_heads
+    out = F.scaled_dot_product_attention(q, k, v)
     b, h, n, d = out.shape
     return attn.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+
+
+def _two_way_layer(layer: Any, queries: torch.Tensor, keys: torch.Tensor, tokens: torch.Tensor, key_pe: torch.Tensor,
+                   side: Optional[ImageSide] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`TwoWayAttentionBlock.forward` (same operations) with fused attention; for the first layer `side` holds
+    the image-side keys/values of its token-to-image attention."""
+    if layer.skip_first_layer_pe:
+        queries = _attend(layer.self_attn, queries, queries, queries)
+    else:
+        q = queries + tokens
+        queries = queries + _attend(layer.self_attn, q, q, queries)
+    queries = layer.norm1(queries)
+    q = queries + tokens
+    if side is not None:
+        cross = _attend(layer.cross_attn_token_to_image, q, None, None, side.k0, side.v0)
+    else:
+        cross = _attend(layer.cross_attn_token_to_image, q, keys + key_pe, keys)
+    queries = layer.norm2(queries + cross)
+    queries = layer.norm3(queries + layer.mlp(queries))
+    q = queries + tokens
+    keys = layer.norm4(keys + _attend(layer.cross_attn_image_to_token, keys + key_pe, q, queries))
+    return queries, keys
 
 
 class PreparedDecoder:
@@ -91,13 +116,13 @@ class PreparedDecoder:
         sparse, _ = self.net.prompt_encoder(boxes=boxes)
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)
-        queries, keys = self._first_layer(tokens, side)
         transformer = decoder.transformer
+        queries, keys = _two_way_layer(self.first, tokens, side.keys, tokens, self.key_pe, side)
         for layer in transformer.layers[1:]:
-            queries, keys = layer(queries, keys, tokens, self.key_pe)
+            queries, keys = _two_way_layer(layer, queries, keys, tokens, self.key_pe)
         q = queries + tokens
         k = keys + self.key_pe
-        queries = transformer.norm_final_attn(queries + transformer.final_attn_token_to_image(q, k, keys))
+        queries = transformer.norm_final_attn(queries + _attend(transformer.final_attn_token_to_image, q, k, keys))
         b, c = keys.shape[0], keys.shape[2]
         upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(b, c, *side.grid))
         hyper = decoder.output_hypernetworks_mlps[0](queries[:, 1, :]).unsqueeze(1)
@@ -105,15 +130,3 @@ class PreparedDecoder:
         low_res = (hyper @ upscaled.flatten(2)).reshape(b, 1, *grid)
         iou = decoder.iou_prediction_head(queries[:, 0, :])[:, :1]
         return low_res, iou
-
-    def _first_layer(self, tokens: torch.Tensor, side: ImageSide) -> Tuple[torch.Tensor, torch.Tensor]:
-        """`TwoWayAttentionBlock.forward` of layer 0 with its image-side keys/values taken from `side`."""
-        layer = self.first
-        queries = layer.norm1(layer.self_attn(tokens, tokens, tokens))
-        q = queries + tokens
-        queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, q, side.k0, side.v0))
-        queries = layer.norm3(queries + layer.mlp(queries))
-        q = queries + tokens
-        k = side.keys + self.key_pe
-        keys = layer.norm4(side.keys + layer.cross_attn_image_to_token(k, q, queries))
-        return queries, keys
