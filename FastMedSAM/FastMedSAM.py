@@ -28,7 +28,7 @@ from FastMedSAMLib.errors import FastMedSAMError, PromptError  # noqa: E402
 from FastMedSAMLib.weights.registry import get_spec, list_specs  # noqa: E402
 from FastMedSAMLogicLib import dependencies, panel, shared  # noqa: E402
 from FastMedSAMLogicLib.logic import FastMedSAMLogic  # noqa: E402,F401  (the module's Logic, scriptable)
-from FastMedSAMLogicLib.model_catalog import model_info  # noqa: E402
+from FastMedSAMLogicLib.model_catalog import model_info, takes_mask  # noqa: E402
 from FastMedSAMLogicLib.overlay import format_history_row  # noqa: E402
 from FastMedSAMLogicLib.prompt_nodes import EXCLUDE, INCLUDE, set_role  # noqa: E402
 from FastMedSAMLogicLib.view_overlay import SliceViewOverlay  # noqa: E402
@@ -398,8 +398,11 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.ui.autoRunCheckBox.checked:
             return
         view = self._viewOf(node)
-        if node is self._promptNode("roi_3d", create=False):
+        roi = self._promptNode("roi_3d", create=False)
+        if node is roi:
             self.onPropagate(view)
+        elif takes_mask(self.ui.modelComboBox.currentText) and roi is not None and roi.GetNumberOfControlPoints():
+            self.onPropagate(self._viewOf(roi))  # a click on a 3D object: it corrects it and re-propagates
         elif get_spec(self.ui.modelComboBox.currentText).dimensionality == "3D":
             self.onPropagate()
         else:
@@ -474,8 +477,10 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if roi is None or roi.GetNumberOfControlPoints() == 0:
                     raise PromptError("draw a 3D box first (3)")
                 view = view or self._viewOf(roi)
+                clicks = [self._promptNode(t, create=False) for t in ("include_point", "exclude_point")] if takes_mask(model) else []
                 request = self.logic.prepare_box(volume, roi, segmentation, segmentId, model, device,
-                                                 self.logic.parameters.pause, slice_to_ras=self._sliceToRAS(view))
+                                                 self.logic.parameters.pause, slice_to_ras=self._sliceToRAS(view),
+                                                 point_nodes=[n for n in clicks if n is not None])
             self._submit(request)
 
     def onAccept(self):

@@ -244,19 +244,21 @@ class FastMedSAMLogic:
         )
 
     def prepare_box(self, volume, roi, segmentation, segment_id: str, model: str = "litemedsam",
-                    device: str = "auto", pause: float = 0.0, slice_to_ras=None) -> Request:
+                    device: str = "auto", pause: float = 0.0, slice_to_ras=None, point_nodes: Sequence = ()) -> Request:
         """A 3D box (ROI node, any orientation, world coordinates) -> slice propagation / 3D prediction.
         `pause`: the token-pausing knob in [0, 1] (0 = the plain model; ignored, with a note, by models without
         pause heads). `slice_to_ras`: the SliceToRAS of the view the box was drawn in; propagation then runs along
-        that view's normal (None: along the volume's K axis)."""
+        that view's normal (None: along the volume's K axis). `point_nodes`: include / exclude clicks that correct
+        the object (models that refine a mask): the segment's current volume goes with them as the previous mask,
+        each clicked slice is re-decoded and the correction re-propagates."""
         if roi is None or not prompt_nodes.is_roi(roi):
             raise PromptError("a 3D box prompt needs a markups ROI node")
         start = time.perf_counter()
         frame = self.frame_of_view(volume, slice_to_ras)
         box = prompt_nodes.box3d_from_roi(volume, roi, None if frame.is_identity else frame)
         prompts_ms = ms_since(start)
-        request = self._base_request("3D", volume, segmentation, segment_id, model, device, [roi], None, pause,
-                                     slice_to_ras, planes=(int(box.z0), int(box.z1)))
+        request = self._base_request("3D", volume, segmentation, segment_id, model, device, [roi, *point_nodes], None,
+                                     pause, slice_to_ras, planes=(int(box.z0), int(box.z1)))
         start = time.perf_counter()
         depth = request.shape_kji[0]
         if box.z1 < 0 or box.z0 > depth - 1:
@@ -265,8 +267,35 @@ class FastMedSAMLogic:
             request.kind, request.slice_index, box = "slice", 0, box.slice_box(0)
         request.box = box
         request.prompt_region = self._box_region(box, request.shape_kji)
+        points = prompt_nodes.points_from_nodes(volume, point_nodes, request.frame) if point_nodes else []
+        if points and not request.is_2d_image:
+            self._add_clicks_3d(request, volume, segmentation, segment_id, points)
         request.logic_ms["prompts"] = prompts_ms + ms_since(start)
         return request
+
+    def _add_clicks_3d(self, request: Request, volume, segmentation, segment_id: str, points: List[Point]) -> None:
+        """Clicks on a 3D box: the segment as it is now (in the frame's grid) is the previous mask they correct."""
+        if not takes_mask(request.model):
+            raise PromptError(f"{request.model} takes no clicks with a 3D box; choose a model that refines masks "
+                              "(litemedsam-refine)")
+        frame = request.frame
+        if frame is not None and not frame.aligned:
+            raise PromptError("clicks that re-propagate a 3D object need a view aligned with the volume's planes")
+        depth, height, width = (int(n) for n in util.arrayFromVolume(volume).shape[:3])
+        current = read_region(segmentation, segment_id, volume, Region(0, depth - 1, 0, height - 1, 0, width - 1))
+        previous = current if frame is None else frame.image(current.astype(np.uint8)) > 0
+        request.points, request.previous_mask = points, previous
+        ks = [int(round(p.z)) for p in points]
+        ys = [p.y for p in points]
+        xs = [p.x for p in points]
+        region = request.prompt_region.union(Region(min(ks), max(ks), math.floor(min(ys)), math.ceil(max(ys)),
+                                                    math.floor(min(xs)), math.ceil(max(xs))).clipped(request.shape_kji))
+        if previous.any():  # what the clicks may remove
+            kk, jj, ii = np.nonzero(previous)
+            region = region.union(Region(int(kk.min()), int(kk.max()), int(jj.min()), int(jj.max()), int(ii.min()), int(ii.max())))
+        request.prompt_region = region
+        # every click is a step of its own (one undo step), never a re-run that replaces the previous click's result
+        request.prompt_key += (tuple((p.x, p.y, p.z, p.positive) for p in points),)
 
     def prepare_slice(self, volume, prompt_nodes_used: Sequence, segmentation, segment_id: str,
                       slice_index: Optional[int], model: str = "litemedsam", device: str = "auto", pause: float = 0.0,

@@ -625,6 +625,54 @@ def refine_clicks(ctx: SelfTestContext) -> Dict[str, object]:
     return {"dice_per_step": dices}
 
 
+def refine_clicks_3d(ctx: SelfTestContext) -> Dict[str, object]:
+    """litemedsam-refine on a 3D box: a click where the propagated object is most wrong sends the segment's volume
+    as the previous mask with the box; the corrected, re-propagated object is written whole, equals the Session's
+    own answer to the same prompts voxel for voxel, and each click is one undo step."""
+    from FastMedSAMLib.prompts import Point
+    from FastMedSAMLib.refine.clicks import deepest_error_click
+
+    lesion, volume = ctx.lesion, ctx.lesion.volume
+    k0, k1 = lesion.box[0], lesion.box[1]
+    truth = np.zeros(lesion.label.shape, dtype=bool)
+    truth[k0:k1 + 1] = lesion.label[k0:k1 + 1] > 0  # the object on the box's slices, which clicks can reach
+    segmentation, (target,) = ctx.new_segmentation("refine 3D", "lesion")
+    roi = _gt_box_roi(ctx, "3D box")
+    first = ctx.logic.segment_box(volume, roi, segmentation, target, model=REFINE_MODEL, device=DEVICE)
+    states, dices = [ctx.exported(segmentation, target)], [dice(ctx.exported(segmentation, target), truth)]
+    include = add_points(ctx.scene, lesion, [], INCLUDE, "include")
+    exclude = add_points(ctx.scene, lesion, [], EXCLUDE, "exclude")
+    points = []
+    for _ in range(2):
+        click = deepest_error_click(states[-1], truth)  # the deepest voxel of the largest 3D error component
+        if click is None:
+            break
+        (k, j, i), positive = click
+        (include if positive else exclude).AddControlPointWorld(vtk.vtkVector3d(*lesion.world((i, j, k))))
+        points.append(Point(float(i), float(j), float(k), positive=positive))
+        request = ctx.logic.prepare_box(volume, roi, segmentation, target, REFINE_MODEL, DEVICE,
+                                        point_nodes=[include, exclude])
+        assert request.points is not None and np.array_equal(request.previous_mask, states[-1])
+        expected = ctx.logic.session(REFINE_MODEL, DEVICE).predict(box=request.box, points=points, mask=states[-1]).mask
+        ctx.logic.apply(request, ctx.logic.predict(request))
+        states.append(ctx.exported(segmentation, target))
+        assert np.array_equal(states[-1], expected), "the written object is not the Session's refined object"
+        dices.append(dice(states[-1], truth))
+    assert len(states) > 1, "the propagated object had no error to click on"
+    for state in reversed(states[:-1]):  # one undo step per click
+        assert ctx.logic.undo()
+        assert np.array_equal(ctx.exported(segmentation, target), state), "undo did not step back one click"
+    try:
+        ctx.logic.prepare_box(volume, roi, segmentation, target, MODEL, DEVICE, point_nodes=[include])
+        raise AssertionError("a box-only model took clicks on a 3D box")
+    except PromptError:
+        pass
+    ctx.logic.clear()
+    for node in (roi, include, exclude, segmentation):
+        ctx.scene.RemoveNode(node)
+    return {"volume_dice_per_step": dices, "box_encoder_calls": first.prediction.encoder_calls}
+
+
 BODIES: Tuple[Tuple[str, Callable[[SelfTestContext], Dict[str, object]]], ...] = (
     ("geometry_roundtrip", geometry_roundtrip),
     ("box_propagation", box_propagation),
@@ -642,6 +690,7 @@ BODIES: Tuple[Tuple[str, Callable[[SelfTestContext], Dict[str, object]]], ...] =
     ("prompts_in_any_view", views.prompts_in_any_view),
     ("view_slice_follows_the_view", views.view_slice_follows_the_view),
     ("refine_clicks", refine_clicks),
+    ("refine_clicks_3d", refine_clicks_3d),
     ("prefetch_follows_the_view", prefetch_follows_the_view),
 )
 
