@@ -28,15 +28,20 @@ DIES_OUT_DICE = 0.97  # a re-propagated slice this close to the previous result 
 
 
 def local_edit(previous: np.ndarray, refined: np.ndarray, points: Sequence[Point]) -> np.ndarray:
-    """A click edits the region it lands in: of the pixels where `refined` differs from `previous`, keep only the
-    8-connected pieces that hold a click (FocalClick-style local refinement). Changes far from every click are
-    dropped, so a click cannot degrade parts of the mask the user did not point at."""
+    """A click edits the region it lands in: of the pixels (voxels) where `refined` differs from `previous`, keep
+    only the connected pieces (8-connected in 2D, 26 in 3D) that hold a click (FocalClick-style local refinement).
+    Changes far from every click are dropped, so a click cannot degrade parts of the mask the user did not point
+    at. 2D: `previous` is (H, W) and the clicks' x, y index it; 3D: (Z, Y, X) and z, y, x."""
     changed = refined != previous
     if not changed.any():
         return refined
-    pieces, _ = ndimage.label(changed, structure=np.ones((3, 3), dtype=bool))
-    height, width = changed.shape
-    hit = {int(pieces[min(max(int(round(p.y)), 0), height - 1), min(max(int(round(p.x)), 0), width - 1)]) for p in points}
+    pieces, _ = ndimage.label(changed, structure=np.ones((3,) * changed.ndim, dtype=bool))
+
+    def index(point: Point) -> Tuple[int, ...]:
+        coords = (point.z, point.y, point.x)[-changed.ndim:]
+        return tuple(min(max(int(round(c)), 0), n - 1) for c, n in zip(coords, changed.shape))
+
+    hit = {int(pieces[index(p)]) for p in points}
     hit.discard(0)
     out = previous.copy()
     if hit:
@@ -151,7 +156,8 @@ class RefineEngine:
     ) -> VolumeResult:
         """Start from `previous` (else the box's propagation); each clicked slice (in z order) is decoded from its
         clicks, the box (when it covers the slice) and its previous mask, and the change spreads to the
-        neighbouring slices (previous mask + box in) until the new result agrees with the old one."""
+        neighbouring slices (previous mask + box in) until the new result agrees with the old one. Of the whole
+        change, only the 26-connected pieces that hold a click are kept (`local_edit`)."""
         if previous is not None:
             result = VolumeResult(mask=previous.astype(bool).copy(), iou=0.0)
         elif box is not None:
@@ -163,6 +169,7 @@ class RefineEngine:
         by_slice: Dict[int, List[Point]] = {}
         for point in points:
             by_slice.setdefault(int(round(point.z)), []).append(point)
+        start = result.mask.copy()
         for z in sorted(by_slice):
             before = result.mask.copy()
             embedding, frame, p = self._slice(key_prefix, volume_u8, z, result)
@@ -174,6 +181,8 @@ class RefineEngine:
             result.mask[z] = refined if prior is None else local_edit(prior, refined, by_slice[z])
             self._follow(key_prefix, volume_u8, result, z, hi, 1, before, paused)
             self._follow(key_prefix, volume_u8, result, z, lo, -1, before, paused)
+        if points:  # in 3D too, a click edits the object where it lands: changes not connected to a click go
+            result.mask = local_edit(start, result.mask, points)
         zs = np.nonzero(result.mask.reshape(result.mask.shape[0], -1).any(axis=1))[0]
         result.z_range = (int(zs.min()), int(zs.max())) if len(zs) else None
         if paused:

@@ -190,3 +190,20 @@ def test_refine_model_keeps_litemedsam_encoder(tmp_path):
     plain = load_model("litemedsam")
     for (name, a), (_, b) in zip(refine.image_encoder.state_dict().items(), plain.image_encoder.state_dict().items()):
         assert np.array_equal(a.numpy(), b.numpy()), name
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_a_click_keeps_only_the_change_it_lands_in(ndim):
+    from FastMedSAMLib.refine.engine import local_edit
+
+    shape = (6, 40, 40)[-ndim:]
+    previous = np.zeros(shape, dtype=bool)
+    refined = previous.copy()
+    near = (slice(1, 4),) * (ndim - 2) + (slice(5, 12), slice(5, 12))  # grows where the click is
+    far = (slice(1, 4),) * (ndim - 2) + (slice(25, 35), slice(25, 35))  # a leak nobody pointed at
+    refined[near] = refined[far] = True
+    click = Point(8, 8, 2 if ndim == 3 else None)
+    edited = local_edit(previous, refined, [click])
+    assert edited[near].all() and not edited[far].any()
+    assert np.array_equal(local_edit(previous, refined, [Point(30, 30, 2 if ndim == 3 else None), click]), refined)
+    assert np.array_equal(local_edit(previous, refined, [Point(20, 20, 2 if ndim == 3 else None)]), previous)
