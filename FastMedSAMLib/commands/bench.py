@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
         from ..evaluation.bench_remote import bench_remote
         from ..evaluation.bench_remote import markdown as remote_markdown
 
+        if args.threads:  # the local Session's side of the comparison
+            import torch
+
+            torch.set_num_threads(args.threads)
         report = bench_remote(args.remote, os.environ.get("FASTMEDSAM_TOKEN"), args.manifest.parent,
                               model=(args.models or ["litemedsam"])[0], clicks=args.clicks, clients=args.clients,
                               device=args.device, sessions=args.sessions)
