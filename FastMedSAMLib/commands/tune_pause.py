@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..weights.store import cache_dir
 from .arguments import add_manifest, positive_int
 from .train_pause import _commit
 
@@ -24,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="heads file to write")
     p.add_argument("--steps", type=positive_int, default=200, help="optimisation steps (default 200)")
     p.add_argument("--rank", type=positive_int, default=8, help="adapter rank (default 8)")
-    p.add_argument("--cache", type=Path, default=cache_dir() / "pause-tune",
-                   help="where the plain model's embeddings are cached (default %(default)s)")
+    p.add_argument("--cache", type=Path,
+                   help="where the plain model's embeddings are cached (default: <user cache>/pause-tune, "
+                        "honouring FASTMEDSAM_CACHE)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's own)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pause import load_pause_heads
     from ..pause.calibrate import training_subset
     from ..pause.tune import TuneConfig, tune
+    from ..weights.store import cache_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     heads = load_pause_heads("litemedsam")
     sources = heads.meta["slice_sources"]
     slices = training_subset(args.manifest, sources, config.train_slices + config.valid_slices, config.seed)
-    tuned, report = tune(net.image_encoder, heads, [rgb for _, _, rgb in slices], config, args.cache,
+    tuned, report = tune(net.image_encoder, heads, [rgb for _, _, rgb in slices], config, args.cache or cache_dir() / "pause-tune",
                          progress=not args.quiet)
     report.update({"commit": commit, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
                    "slices": [source for _, source, _ in slices]})

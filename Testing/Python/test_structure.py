@@ -91,6 +91,7 @@ def test_public_contract_imports_without_torch() -> None:
         "import FastMedSAMLib.cli\n"
         "FastMedSAMLib.cli.build_parser()\n"
         "assert 'torch' not in sys.modules\n"
+        "assert 'tqdm' not in sys.modules, 'building the parser must not load the download code'\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
