@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from .train_pause import _commit
 
     torch.set_num_threads(1)
+    commit = _commit()  # the code that runs, read before anything can change the checkout
     log = (lambda *a: None) if args.quiet else print
     paths = build_cache(args.manifest, args.seed, log=log)
     records = load_records(paths)
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, **({} if args.lr is None else {"lr": args.lr}))
     report = train(net, records, config, progress=not args.quiet, log=log)
     sha256 = save(net, args.out)
-    report.update({"commit": _commit(), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+    report.update({"commit": commit, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
                    "manifest_sha256": sha256_file(args.manifest), "split": split(read_manifest(args.manifest)),
                    "sha256": sha256, "size": args.out.stat().st_size})
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")
