@@ -25,6 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, default=120, help="optimiser steps (default 120)")
     p.add_argument("--batch", type=positive_int, default=4, help="objects per step (default 4)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: refine.train.TrainConfig's, 1e-4)")
+    p.add_argument("--click-loss", type=float, default=0.0,
+                   help="weight of a BCE on disks around the clicks (default 0: off)")
+    p.add_argument("--init", type=Path, help="start from these fine-tuned weights (a litemedsam-refine file) "
+                   "instead of LiteMedSAM's prompt encoder and decoder")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
@@ -32,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..errors import WeightsError
     from ..io.manifest import read_manifest
     from ..models import load_model
     from ..refine.data import build_cache, load_records
@@ -47,7 +52,13 @@ def run(args: argparse.Namespace) -> int:
     paths = build_cache(args.manifest, args.seed, log=log)
     records = load_records(paths)
     net = load_model("litemedsam")
-    config = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, **({} if args.lr is None else {"lr": args.lr}))
+    if args.init:
+        state = {k: v.float() for k, v in torch.load(args.init, weights_only=True).items()}
+        missing, unexpected = net.load_state_dict(state, strict=False)  # the image encoder stays LiteMedSAM's
+        if unexpected or any(not k.startswith("image_encoder.") for k in missing):
+            raise WeightsError(f"{args.init} is not a litemedsam-refine prompt encoder + decoder file")
+    config = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, click_loss=args.click_loss,
+                         **({} if args.lr is None else {"lr": args.lr}))
     report = train(net, records, config, progress=not args.quiet, log=log)
     sha256 = save(net, args.out)
     report.update({"commit": commit, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
@@ -70,10 +81,11 @@ def _note(args: argparse.Namespace, report: dict) -> str:
     sides = report["split"]
     validation = ", ".join(f"`{k}`" for k, v in sorted(sides.items()) if v == "validation")
     curve = "\n".join(f"| {h['step']} | {h['seconds']} | {h['loss']:.4f} | {h['iou']:.3f} |" for h in report["history"])
+    init = (f" --click-loss {args.click_loss}" if args.click_loss else "") + (f" --init {args.init}" if args.init else "")
     return f"""# {args.out.name}
 
 Prompt encoder + mask decoder of `litemedsam-refine`, fine-tuned from LiteMedSAM's by `fastmedsam train-refine
---manifest <shared>/data/manifest.json --out {args.out} --seed {args.seed} --steps {args.steps} --batch {args.batch} --lr {config['lr']}`
+--manifest <shared>/data/manifest.json --out {args.out} --seed {args.seed} --steps {args.steps} --batch {args.batch} --lr {config['lr']}{init}`
 (FastMedSAMLib/refine/train.py) at commit `{report['commit']}`, torch {report['torch']}, {report['threads']} thread(s),
 bfloat16 autocast, in {report['seconds']} s of training (embeddings cached beforehand); manifest sha256
 `{report['manifest_sha256']}`. The image encoder is LiteMedSAM's, unchanged (not in this file).

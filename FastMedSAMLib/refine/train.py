@@ -8,7 +8,8 @@ Each step simulates one interaction episode for a batch of objects (SAM / RITM s
 * then 0 to `max_rounds` rounds run without gradients: each adds one click from the error region (half the time
   at the deepest point of the largest error component, as the evaluation clicks, else uniformly in the error) and
   feeds the binarised prediction back as dense prompt; `mask_only` of the rounds add no click;
-* the loss (Dice + BCE on the 256 frame, + MSE of the predicted IoU) is taken on the last round only.
+* the loss (Dice + BCE on the 256 frame, + MSE of the predicted IoU) is taken on the last round only, plus, with
+  `click_loss`, a BCE on disks around the episode's clicks (the pixels a user pointed at must follow the click).
 A third of the steps stop after the first prompt, so box-only results are trained all along. Fixed seed and one
 thread: the same cache and settings give the same weights."""
 from __future__ import annotations
@@ -44,6 +45,8 @@ class TrainConfig:
     box_jitter: float = 0.1  # of the box side, per coordinate, at most `box_jitter_px`
     box_jitter_px: float = 10.0
     neighbour_margin_px: int = 6
+    click_loss: float = 0.0  # weight of a BCE on the disks around the clicks (what the user pointed at)
+    click_radius_px: int = 5
 
 
 def _bbox(mask: np.ndarray) -> np.ndarray:
@@ -104,6 +107,16 @@ def _losses(logits: torch.Tensor, iou_pred: torch.Tensor, truth: torch.Tensor) -
                   "iou": float(actual.mean())}
 
 
+def _click_disks(clicks: List[List[Tuple[float, float, int]]], size: int, radius: int) -> torch.Tensor:
+    """(B, size, size) float: 1 within `radius` pixels of any click of the sample."""
+    yy, xx = np.mgrid[:size, :size]
+    out = np.zeros((len(clicks), size, size), dtype=np.float32)
+    for b, sample in enumerate(clicks):
+        for x, y, _ in sample:
+            out[b][(xx - x) ** 2 + (yy - y) ** 2 <= radius**2] = 1.0
+    return torch.from_numpy(out)
+
+
 def _episode(prompt_encoder, mask_decoder, records, chosen, mode: str, rng: np.random.Generator, config: TrainConfig):
     embeddings = torch.stack([records[r].embedding.float() for r, _ in chosen])
     truth = torch.stack([records[r].masks[i] for r, i in chosen])
@@ -143,6 +156,10 @@ def _episode(prompt_encoder, mask_decoder, records, chosen, mode: str, rng: np.r
     points = _points_tensor(clicks) if any(clicks) else None
     logits, iou_pred = run_decoder(prompt_encoder, mask_decoder, embeddings, boxes, points, dense)
     loss, parts = _losses(logits, iou_pred, truth)
+    if config.click_loss and any(clicks):
+        disks = _click_disks(clicks, truth.shape[-1], config.click_radius_px)
+        bce = F.binary_cross_entropy_with_logits(logits[:, 0].float(), truth.float(), reduction="none")
+        loss = loss + config.click_loss * (bce * disks).sum() / disks.sum().clamp(min=1.0)
     parts.update({"mode": mode, "rounds": rounds})
     return loss, parts
 
