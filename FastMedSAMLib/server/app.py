@@ -4,6 +4,7 @@ when the server is busy; the client raises the same type again."""
 from __future__ import annotations
 
 import time
+from contextlib import asynccontextmanager
 from typing import Any, Callable, Optional
 
 from fastapi import FastAPI, Request
@@ -23,9 +24,16 @@ def create_app(settings: Optional[ServerSettings] = None,
     """The server app. `session_factory(model)` builds a model's Session (default: `Session` on settings.device);
     `job_board` shares 3D jobs with other replicas (Ray Serve)."""
     settings = settings or ServerSettings()
-    app = FastAPI(title="FastMedSAM server", version=__version__,
+    state = ServerState.build(settings, session_factory, job_board)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        state.pool.stop_prefetch()  # no background encoding may outlive the server (nor run into interpreter exit)
+
+    app = FastAPI(title="FastMedSAM server", version=__version__, lifespan=lifespan,
                   description="Interactive medical segmentation behind the Session API (see FastMedSAMLib.client).")
-    app.state.fastmedsam = ServerState.build(settings, session_factory, job_board)
+    app.state.fastmedsam = state
     for module in (health, models, images, sessions, jobs):
         app.include_router(module.router)
 

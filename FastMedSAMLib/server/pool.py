@@ -18,6 +18,7 @@ class ModelSlot:
         self.lock = threading.Lock()
         self.current: Optional[Tuple[str, Any]] = None  # (digest, window) the Session holds now
         self.waiting = 0
+        self.prefetching: Optional[str] = None  # the client session whose prefetch runs (or ran last)
 
 
 class ModelPool:
@@ -66,4 +67,13 @@ class ModelPool:
         """Start encoding `record`'s slices in the background on the model's Session (the viewed slice first);
         the number of slices queued. Any prediction pre-empts it; one on another image stops it (`set_image`)."""
         job, _ = self.run(record, image, pause, lambda session: session.prefetch(slices=slices, center=center))
+        self.slot(record.model).prefetching = record.id
         return len(job.order)
+
+    def stop_prefetch(self, session_id: Optional[str] = None) -> None:
+        """Stop the background encoding started for `session_id` (closed by its client), or every one (shutdown)."""
+        for slot in self.loaded().values():
+            if session_id is None or slot.prefetching == session_id:
+                cancel = getattr(slot.session, "cancel_prefetch", None)
+                if cancel is not None:
+                    cancel()

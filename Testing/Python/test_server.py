@@ -293,3 +293,15 @@ def test_bench_remote_reports_every_figure(live_server, data_dir) -> None:
     assert held["opened"] == 3 and held["refused"] == 0 and held["cache"]["entries"] >= 3
     assert all(mb > 0 for _, mb in held["peak_rss_mb"])
     assert "3 sessions on new images" in markdown(report)
+
+
+def test_closing_a_session_stops_its_prefetch(live_server, lesion) -> None:
+    image, gt = lesion
+    client = remote(live_server)
+    client.set_image(image)
+    model = live_server.state.pool.slot("litemedsam").session
+    model.clear_cache()
+    assert client.prefetch() == gt.shape[0]  # every slice, the middle one first
+    client.close()  # nobody will prompt on them: the server stops encoding
+    job = model._prefetch
+    assert job.wait(60) and job.stopped_by == "cancel" and len(job.encoded) < gt.shape[0], job

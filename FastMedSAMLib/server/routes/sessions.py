@@ -39,7 +39,17 @@ def gone(what: str = "session") -> JSONResponse:
                         status_code=410)
 
 
-@router.post(p.PATH_SESSIONS, status_code=201)
+def _session_link(operation_id: str) -> dict:
+    return {"operationId": operation_id, "parameters": {"session_id": "$response.body#/session"}}
+
+
+# OpenAPI links: what a client (and schemathesis' stateful tests) can do with the session id an open answers
+SESSION_LINKS = {"responses": {"201": {"description": "the session", "links": {
+    "SessionInfo": _session_link("session_info"), "CloseSession": _session_link("close_session"),
+    "Predict": _session_link("predict"), "Prefetch": _session_link("prefetch")}}}}
+
+
+@router.post(p.PATH_SESSIONS, status_code=201, operation_id="open_session", openapi_extra=SESSION_LINKS)
 async def open_session(body: OpenSession, state: State, owner: Owner):
     get_spec(body.model)  # RegistryError (404) for an unknown model
     window = None
@@ -55,7 +65,7 @@ async def open_session(body: OpenSession, state: State, owner: Owner):
     return {"session": record.id}
 
 
-@router.get(p.PATH_SESSION)
+@router.get(p.PATH_SESSION, operation_id="session_info")
 async def session_info(session_id: str, state: State, owner: Owner):
     record = state.sessions.get(owner, session_id)
     if record is None:
@@ -63,12 +73,15 @@ async def session_info(session_id: str, state: State, owner: Owner):
     return {"session": record.id, "model": record.model, "image": record.digest, "window": record.window}
 
 
-@router.delete(p.PATH_SESSION, status_code=204)
+@router.delete(p.PATH_SESSION, status_code=204, operation_id="close_session")
 async def close_session(session_id: str, state: State, owner: Owner):
-    return Response(status_code=204) if state.sessions.close(owner, session_id) else gone()
+    if not state.sessions.close(owner, session_id):
+        return gone()
+    await run_in_threadpool(state.pool.stop_prefetch, session_id)  # nobody waits for those slices any more
+    return Response(status_code=204)
 
 
-@router.post(p.PATH_PREDICT, status_code=200, openapi_extra={
+@router.post(p.PATH_PREDICT, status_code=200, operation_id="predict", openapi_extra={
     "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def predict(session_id: str, request: Request, state: State, owner: Owner):
     body = await read_body(request, state.max_body_bytes)
@@ -91,7 +104,7 @@ async def predict(session_id: str, request: Request, state: State, owner: Owner)
     return Response(frame, media_type=p.FRAME_MEDIA_TYPE)
 
 
-@router.post(p.PATH_PREFETCH, status_code=202)
+@router.post(p.PATH_PREFETCH, status_code=202, operation_id="prefetch")
 async def prefetch(session_id: str, body: Prefetch, state: State, owner: Owner):
     """Encode the session's slices in the background (`center` first, then outward): later prompts on them skip
     the encoder. Best effort: any prediction pre-empts it, one on another image stops it."""
