@@ -107,7 +107,7 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.downloadProgressBar.setVisible(False)
         self.ui.timingTable.setRowCount(0)
 
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
         self.ui.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.updateParameterNodeFromGUI)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
@@ -172,6 +172,10 @@ class FastMedSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for sliceNode in self._sliceNodes().values():
             self.removeObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onSliceViewChanged)
         self._prefetchTimer.stop()
+
+    def onInputVolumeChanged(self, node):
+        self.updateParameterNodeFromGUI()
+        self._prefetchTimer.start()  # a volume was set: encode around the slice the last-scrolled view shows
 
     def onSliceViewChanged(self, sliceNode, event):
         self._prefetchView = sliceNode.GetLayoutName()
