@@ -13,18 +13,17 @@ from fastapi.responses import JSONResponse
 from .. import __version__
 from ..client import protocol as p
 from ..errors import BackendBusyError, FastMedSAMError
-from .jobs import JobBoard
 from .routes import health, images, jobs, models, sessions
 from .settings import ServerSettings
-from .state import ServerState
+from .state import ReplicaBoard, ServerState
 
 
 def create_app(settings: Optional[ServerSettings] = None,
-               session_factory: Optional[Callable[[str], Any]] = None, job_board: Optional[JobBoard] = None) -> FastAPI:
+               session_factory: Optional[Callable[[str], Any]] = None, board: Optional[ReplicaBoard] = None) -> FastAPI:
     """The server app. `session_factory(model)` builds a model's Session (default: `Session` on settings.device);
-    `job_board` shares 3D jobs with other replicas (Ray Serve)."""
+    `board` shares session records and 3D jobs with other replicas (Ray Serve)."""
     settings = settings or ServerSettings()
-    state = ServerState.build(settings, session_factory, job_board)
+    state = ServerState.build(settings, session_factory, board)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -2,7 +2,7 @@
 at most a few seconds, so no HTTP request outlives proxy time-outs), cancelled by DELETE, kept a while when done.
 
 A job runs in the process that took its predict request (that process holds the session). Behind Ray Serve a
-poll may reach another replica, so the replicas share a `JobBoard` (`ray_serve.RayJobBoard`): the running replica
+poll may reach another replica, so the replicas share a `JobBoard` (`ray_serve.RayReplicaBoard`): the running replica
 publishes progress and the result there, and any replica answers polls and cancellations from it."""
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ Each replica builds its own app (its own model Sessions, image store and session
 (`protocol.HEADER_ROUTE`) and every replica registers the digests it served, so the prompts on one image go to
 the replica that holds its embeddings where possible. The routing is a soft affinity: a request that lands on
 another replica gets 410 / 404 there and the client rebuilds the session on it from the digest, as after a
-restart — any replica can serve any session. A 3D job runs on the replica that took it and is polled through
-the `RayJobBoard` all replicas share, so any replica answers its polls.
+restart. The replicas share a `RayReplicaBoard`: session records (so any replica that holds the image serves any
+session of it) and 3D jobs (a job runs on the replica that took it; any replica answers its polls).
 """
 from __future__ import annotations
 
@@ -19,13 +19,24 @@ MAX_IMAGES_PER_REPLICA = 64  # digests a replica advertises (LRU); its image sto
 BOARD_NAME, BOARD_NAMESPACE = "fastmedsam-jobs", "fastmedsam"
 
 
-class JobBoardActor:
-    """The Ray actor behind `RayJobBoard`: job snapshots by id, dropped `keep_s` after they finish."""
+class ReplicaBoardActor:
+    """The Ray actor behind `RayReplicaBoard`: job snapshots by id (dropped `keep_s` after they finish) and session
+    records by id (until closed; a replica's own idle expiry still applies to what it serves)."""
 
     def __init__(self, keep_s: float) -> None:
         self.keep_s = keep_s
         self.jobs: Dict[str, Dict[str, Any]] = {}
         self.finished_at: Dict[str, float] = {}
+        self.sessions: Dict[str, Dict[str, Any]] = {}
+
+    def remember(self, record: Dict[str, Any]) -> None:
+        self.sessions[record["id"]] = record
+
+    def recall(self, session_id: str) -> Optional[Dict[str, Any]]:
+        return self.sessions.get(session_id)
+
+    def forget(self, session_id: str) -> None:
+        self.sessions.pop(session_id, None)
 
     def publish(self, snapshot: Dict[str, Any]) -> None:
         now = time.monotonic()
@@ -45,8 +56,9 @@ class JobBoardActor:
             self.jobs[job_id]["cancelled"] = True
 
 
-class RayJobBoard:
-    """`jobs.JobBoard` on the named `JobBoardActor` that `run_ray` starts (blocking calls: a few ms each)."""
+class RayReplicaBoard:
+    """`jobs.JobBoard` and `stores.SessionBoard` on the named `ReplicaBoardActor` that `run_ray` starts (blocking
+    calls: a few ms each)."""
 
     def __init__(self) -> None:
         import ray
@@ -63,6 +75,15 @@ class RayJobBoard:
     def cancel(self, job_id: str) -> None:
         self._ray.get(self._actor.cancel.remote(job_id))
 
+    def remember(self, record: Dict[str, Any]) -> None:
+        self._ray.get(self._actor.remember.remote(record))
+
+    def recall(self, session_id: str) -> Optional[Dict[str, Any]]:
+        return self._ray.get(self._actor.recall.remote(session_id))
+
+    def forget(self, session_id: str) -> None:
+        self._ray.get(self._actor.forget.remote(session_id))
+
 
 def build_deployment(settings: ServerSettings, replicas: int, threads: int = 1, cpus_per_replica: float = 0.5,
                      gpus_per_replica: float = 0.0):
@@ -73,7 +94,7 @@ def build_deployment(settings: ServerSettings, replicas: int, threads: int = 1, 
 
         from .app import create_app
 
-        app = create_app(settings, job_board=RayJobBoard())
+        app = create_app(settings, board=RayReplicaBoard())
 
         @app.middleware("http")
         async def advertise_digest(request: Request, call_next):
@@ -109,7 +130,7 @@ def run_ray(settings: ServerSettings, replicas: int, threads: int = 1, object_st
 
     ray.init(num_cpus=num_cpus, object_store_memory=object_store_mb * 2**20, include_dashboard=False,
              configure_logging=False)
-    board = ray.remote(JobBoardActor).options(name=BOARD_NAME, namespace=BOARD_NAMESPACE, num_cpus=0)
+    board = ray.remote(ReplicaBoardActor).options(name=BOARD_NAME, namespace=BOARD_NAMESPACE, num_cpus=0)
     board = board.remote(settings.job_keep_s)  # held by this driver, which lives as long as the server
     serve.start(http_options={"host": settings.host, "port": settings.port})
     cpus = max(0.1, (num_cpus or 2) / (replicas + 1))

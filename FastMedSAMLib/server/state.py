@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Protocol
 
 import numpy as np
 
@@ -15,10 +15,14 @@ from .auth import TokenCheck
 from .jobs import JobBoard, JobStore
 from .pool import ModelPool
 from .settings import ServerSettings
-from .stores import BlobStore, ServerSession, SessionRegistry
+from .stores import BlobStore, ServerSession, SessionBoard, SessionRegistry
 
 log = logging.getLogger("fastmedsam.server")
 MB = 2**20
+
+
+class ReplicaBoard(JobBoard, SessionBoard, Protocol):
+    """What the replicas of a scaled-out server share: 3D jobs and session records (see `ray_serve`)."""
 
 
 @dataclass
@@ -32,7 +36,7 @@ class ServerState:
 
     @classmethod
     def build(cls, settings: ServerSettings, session_factory: Optional[Callable[[str], Any]] = None,
-              job_board: Optional[JobBoard] = None) -> "ServerState":
+              board: Optional[ReplicaBoard] = None) -> "ServerState":
         if session_factory is None:
             def session_factory(model: str) -> Any:
                 from ..session import Session
@@ -42,9 +46,9 @@ class ServerState:
             settings=settings,
             auth=TokenCheck(settings.tokens()),
             blobs=BlobStore(int(settings.blob_store_mb * MB)),
-            sessions=SessionRegistry(settings.max_sessions_per_token, settings.session_idle_s),
+            sessions=SessionRegistry(settings.max_sessions_per_token, settings.session_idle_s, board),
             pool=ModelPool(session_factory, settings.max_queue),
-            jobs=JobStore(settings.job_keep_s, job_board),
+            jobs=JobStore(settings.job_keep_s, board),
         )
 
     @property

@@ -6,8 +6,8 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 from ..errors import TooManySessionsError
 from ..io.images import Image
@@ -57,10 +57,22 @@ class ServerSession:
     last_used: float = field(default_factory=time.monotonic)
 
 
+class SessionBoard(Protocol):
+    """Session records shared by several server processes (Ray Serve replicas): any replica that holds the image
+    can serve any session of it. Records are `dataclasses.asdict(ServerSession)`."""
+
+    def remember(self, record: Dict[str, Any]) -> None: ...
+
+    def recall(self, session_id: str) -> Optional[Dict[str, Any]]: ...
+
+    def forget(self, session_id: str) -> None: ...
+
+
 class SessionRegistry:
-    def __init__(self, max_per_owner: int, idle_s: float) -> None:
+    def __init__(self, max_per_owner: int, idle_s: float, board: Optional[SessionBoard] = None) -> None:
         self.max_per_owner = max_per_owner
         self.idle_s = idle_s
+        self.board = board
         self._sessions: Dict[str, ServerSession] = {}
         self._lock = threading.Lock()
 
@@ -80,25 +92,36 @@ class SessionRegistry:
                                        "or wait for idle ones to expire", retry_after=5.0)
             session = ServerSession(secrets.token_urlsafe(12), owner, model, digest, window, points_as_box)
             self._sessions[session.id] = session
-            return session
+        if self.board is not None:
+            self.board.remember(asdict(session))
+        return session
 
     def get(self, owner: str, session_id: str) -> Optional[ServerSession]:
         """The caller's live session (touched), or None when it expired, never existed or is someone else's."""
         with self._lock:
             self._sweep()
             session = self._sessions.get(session_id)
-            if session is None or session.owner != owner:
-                return None
-            session.last_used = time.monotonic()
-            return session
+        if session is None and self.board is not None:  # opened on another replica
+            record = self.board.recall(session_id)
+            if record is not None:
+                window = record["window"]
+                session = ServerSession(**{**record, "window": None if window is None else tuple(window),
+                                           "last_used": time.monotonic()})
+                with self._lock:
+                    self._sessions[session.id] = session
+        if session is None or session.owner != owner:
+            return None
+        session.last_used = time.monotonic()
+        return session
 
     def close(self, owner: str, session_id: str) -> bool:
+        if self.get(owner, session_id) is None:
+            return False
         with self._lock:
-            session = self._sessions.get(session_id)
-            if session is None or session.owner != owner:
-                return False
-            del self._sessions[session_id]
-            return True
+            self._sessions.pop(session_id, None)
+        if self.board is not None:
+            self.board.forget(session_id)
+        return True
 
     def __len__(self) -> int:
         with self._lock:

@@ -1,5 +1,6 @@
-"""3D jobs shared between replicas: two JobStores over one board (the plain class the Ray actor wraps) — a job
-started on one is polled, finished and cancelled through the other, and stays private to its owner."""
+"""What Ray Serve replicas share, through one board (the plain class the Ray actor wraps): a 3D job started on one
+replica is polled, finished and cancelled through another; a session opened on one is served by another; both stay
+private to their owner."""
 from __future__ import annotations
 
 import threading
@@ -8,12 +9,12 @@ import pytest
 
 from FastMedSAMLib.errors import JobCancelledError
 from FastMedSAMLib.server.jobs import JobStore
-from FastMedSAMLib.server.ray_serve import JobBoardActor
+from FastMedSAMLib.server.ray_serve import ReplicaBoardActor
 
 
 @pytest.fixture()
 def replicas():
-    board = JobBoardActor(keep_s=60.0)
+    board = ReplicaBoardActor(keep_s=60.0)
     return JobStore(60.0, board), JobStore(60.0, board)
 
 
@@ -56,9 +57,22 @@ def test_a_cancel_on_the_other_replica_stops_the_work(replicas) -> None:
 
 
 def test_the_board_forgets_finished_jobs_after_keep_s() -> None:
-    board = JobBoardActor(keep_s=0.0)
+    board = ReplicaBoardActor(keep_s=0.0)
     a, b = JobStore(0.0, board), JobStore(0.0, board)
     job = a.start("alice", lambda job: b"done")
     assert b.wait("alice", job.id, 10.0).finished.is_set()
     a.start("alice", lambda job: b"a later job")  # publishing prunes what expired
     assert b.get("alice", job.id) is None
+
+
+def test_a_session_opened_on_one_replica_is_served_by_another() -> None:
+    from FastMedSAMLib.server.stores import SessionRegistry
+
+    board = ReplicaBoardActor(keep_s=60.0)
+    a, b, c = (SessionRegistry(4, 600.0, board) for _ in range(3))
+    opened = a.open("alice", "litemedsam", "d" * 40, (-100.0, 200.0), False)
+    seen = b.get("alice", opened.id)
+    assert seen is not None and (seen.model, seen.digest, seen.window) == ("litemedsam", "d" * 40, (-100.0, 200.0))
+    assert b.get("bob", opened.id) is None  # private to its owner on every replica
+    assert b.close("alice", opened.id)
+    assert c.get("alice", opened.id) is None  # closed everywhere it was not served yet
