@@ -66,23 +66,26 @@ class RayReplicaBoard:
         self._ray = ray
         self._actor = ray.get_actor(BOARD_NAME, namespace=BOARD_NAMESPACE)
 
+    def _call(self, method: str, argument: Any) -> Any:
+        return self._ray.get(getattr(self._actor, method).remote(argument))
+
     def publish(self, snapshot: Dict[str, Any]) -> None:
-        self._ray.get(self._actor.publish.remote(snapshot))
+        self._call("publish", snapshot)
 
     def read(self, job_id: str) -> Optional[Dict[str, Any]]:
-        return self._ray.get(self._actor.read.remote(job_id))
+        return self._call("read", job_id)
 
     def cancel(self, job_id: str) -> None:
-        self._ray.get(self._actor.cancel.remote(job_id))
+        self._call("cancel", job_id)
 
     def remember(self, record: Dict[str, Any]) -> None:
-        self._ray.get(self._actor.remember.remote(record))
+        self._call("remember", record)
 
     def recall(self, session_id: str) -> Optional[Dict[str, Any]]:
-        return self._ray.get(self._actor.recall.remote(session_id))
+        return self._call("recall", session_id)
 
     def forget(self, session_id: str) -> None:
-        self._ray.get(self._actor.forget.remote(session_id))
+        self._call("forget", session_id)
 
 
 def build_deployment(settings: ServerSettings, replicas: int, threads: int = 1, cpus_per_replica: float = 0.5,
