@@ -107,15 +107,20 @@ class JobStore:
         return job if job is not None and job.owner == owner else None
 
     def wait(self, owner: str, job_id: str, timeout: float) -> Optional[Job]:
-        """`get`, after waiting up to `timeout` seconds for the job to finish."""
+        """`get`, after waiting up to `timeout` seconds for the job to finish: on its event when this process runs
+        it, else by re-reading the board."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is not None:
+            if job.owner != owner:
+                return None
+            job.finished.wait(timeout)
+            return job
         deadline = time.monotonic() + timeout
         job = self.get(owner, job_id)
         while job is not None and not job.finished.is_set() and time.monotonic() < deadline:
-            if job.board is not None or self.board is None:  # ours: its event says when it ends
-                job.finished.wait(max(deadline - time.monotonic(), 0.0))
-            else:
-                time.sleep(min(BOARD_POLL_S, max(deadline - time.monotonic(), 0.0)))
-                job = self.get(owner, job_id)
+            time.sleep(min(BOARD_POLL_S, max(deadline - time.monotonic(), 0.0)))
+            job = self.get(owner, job_id)
         return job
 
     def cancel(self, owner: str, job_id: str) -> bool:

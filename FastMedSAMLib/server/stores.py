@@ -83,15 +83,23 @@ class SessionRegistry:
             del self._sessions[sid]
         return gone
 
+    def _forget(self, session_ids: List[str]) -> None:
+        """Drop closed or expired sessions from the board too (called outside the lock: board calls block), so
+        no replica recalls them and the board stays bounded."""
+        if self.board is not None:
+            for session_id in session_ids:
+                self.board.forget(session_id)
+
     def open(self, owner: str, model: str, digest: str, window: Optional[Tuple[float, float]],
              points_as_box: bool) -> ServerSession:
         with self._lock:
-            self._sweep()
+            expired = self._sweep()
             if sum(s.owner == owner for s in self._sessions.values()) >= self.max_per_owner:
                 raise TooManySessionsError(f"{self.max_per_owner} sessions already open for this token; close one "
                                        "or wait for idle ones to expire", retry_after=5.0)
             session = ServerSession(secrets.token_urlsafe(12), owner, model, digest, window, points_as_box)
             self._sessions[session.id] = session
+        self._forget(expired)
         if self.board is not None:
             self.board.remember(asdict(session))
         return session
@@ -99,8 +107,9 @@ class SessionRegistry:
     def get(self, owner: str, session_id: str) -> Optional[ServerSession]:
         """The caller's live session (touched), or None when it expired, never existed or is someone else's."""
         with self._lock:
-            self._sweep()
+            expired = self._sweep()
             session = self._sessions.get(session_id)
+        self._forget(expired)
         if session is None and self.board is not None:  # opened on another replica
             record = self.board.recall(session_id)
             if record is not None:
@@ -119,11 +128,12 @@ class SessionRegistry:
             return False
         with self._lock:
             self._sessions.pop(session_id, None)
-        if self.board is not None:
-            self.board.forget(session_id)
+        self._forget([session_id])
         return True
 
     def __len__(self) -> int:
         with self._lock:
-            self._sweep()
-            return len(self._sessions)
+            expired = self._sweep()
+            count = len(self._sessions)
+        self._forget(expired)
+        return count

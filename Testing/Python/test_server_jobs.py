@@ -76,3 +76,13 @@ def test_a_session_opened_on_one_replica_is_served_by_another() -> None:
     assert b.get("bob", opened.id) is None  # private to its owner on every replica
     assert b.close("alice", opened.id)
     assert c.get("alice", opened.id) is None  # closed everywhere it was not served yet
+
+
+def test_a_session_that_expired_is_forgotten_by_the_board() -> None:
+    from FastMedSAMLib.server.stores import SessionRegistry
+
+    board = ReplicaBoardActor(keep_s=60.0)
+    a, b = SessionRegistry(4, 0.0, board), SessionRegistry(4, 600.0, board)
+    opened = a.open("alice", "litemedsam", "d" * 40, None, False)
+    assert a.get("alice", opened.id) is None  # idle longer than 0 s: expired here, and not recalled again
+    assert b.get("alice", opened.id) is None and not board.sessions  # nor by another replica
