@@ -176,15 +176,14 @@ class FastMedSAMLogic:
         frame = self.frame_of_view(volume, slice_to_ras)
         return view_slice_index(frame, volume, slice_to_ras)
 
-    def _frame_image(self, volume, model: str, device: str, slice_to_ras, planes: Optional[Tuple[int, int]]):
-        """The view's frame, the image key, and the image to send (None when that Session already holds it).
-        `planes`: the frame planes needed; an oblique view's resampling is limited to them (a big CT resliced
-        whole would take tens of seconds; one plane takes milliseconds)."""
-        frame = self.frame_of_view(volume, slice_to_ras)
+    def _frame_image(self, volume, frame: ViewFrame, model: str, device: str, planes: Optional[Tuple[int, int]]):
+        """The image key of `volume` seen in `frame`, and the image to send (None when that Session already holds
+        it). `planes`: the frame planes needed; an oblique view's resampling is limited to them (a big CT
+        resliced whole would take tens of seconds; one plane takes milliseconds)."""
         planes = None if frame.aligned or planes is None else (max(planes[0], 0), min(planes[1], frame.shape[0] - 1))
         key = self._image_key(volume, frame) + (planes,)
         if self._loaded_image.get((model, device)) == key:
-            return frame, key, None
+            return key, None
         array = util.arrayFromVolume(volume)
         if array.ndim == 4 and array.shape[-1] != 3:
             raise ImageError(f"volume {volume.GetName()!r} has {array.shape[-1]} components; FastMedSAM takes 1 or 3")
@@ -194,7 +193,7 @@ class FastMedSAMLogic:
         local = frame.index_to_local(volume)
         spacing, origin, direction = lps_geometry(local if to_world is None else to_world @ local)
         image = ImagePayload(np.array(array[0] if frame.shape[0] == 1 else array), spacing, origin, direction)
-        return frame, key, image
+        return key, image
 
     def _base_request(self, kind: str, volume, segmentation, segment_id: str, model: str, device: str,
                       prompt_nodes_used: Sequence, slice_index: Optional[int], pause: float,
@@ -205,7 +204,8 @@ class FastMedSAMLogic:
         if segmentation.GetSegmentation().GetSegment(segment_id) is None:
             raise PromptError(f"segmentation {segmentation.GetName()!r} has no segment {segment_id!r}")
         start = time.perf_counter()
-        frame, key, image = self._frame_image(volume, model, device, slice_to_ras, planes)
+        frame = self.frame_of_view(volume, slice_to_ras)
+        key, image = self._frame_image(volume, frame, model, device, planes)
         shape_kji = frame.shape
         extract_ms = ms_since(start)
         prompt_key = (kind, tuple(sorted(n.GetID() for n in prompt_nodes_used)), slice_index, frame.key)
@@ -223,19 +223,17 @@ class FastMedSAMLogic:
         (that one first, then outward; the middle one without a view) so the next prompt there skips the encoder.
         None where prefetching does not apply: a one-slice volume, an oblique view (its planes are resampled per
         prompt), a model that encodes per prompt (3D point models)."""
-        if volume is None or volume.GetImageData() is None or volume.GetImageData().GetDimensions()[2] == 1:
-            return None
-        if not prefetches(model):
+        if volume is None or volume.GetImageData() is None or not prefetches(model):
             return None
         frame = self.frame_of_view(volume, slice_to_ras)
-        if not frame.aligned:
-            return None
         depth = frame.shape[0]
+        if depth == 1 or not frame.aligned:
+            return None
         k = depth // 2 if slice_to_ras is None else view_slice_index(frame, volume, slice_to_ras)
         if not 0 <= k < depth:
             return None  # the view shows a plane outside the volume
         pause, _ = resolve_pause(model, pause)
-        frame, key, image = self._frame_image(volume, model, device, slice_to_ras, None)
+        key, image = self._frame_image(volume, frame, model, device, None)
         return Request(
             kind=PREFETCH, model=model, device=device, volume_id=volume.GetID(), segmentation_id="", segment_id="",
             image_key=key, shape_kji=frame.shape, is_2d_image=False, prompt_key=(PREFETCH, k, frame.key),
@@ -285,11 +283,7 @@ class FastMedSAMLogic:
         current = read_region(segmentation, segment_id, volume, Region(0, depth - 1, 0, height - 1, 0, width - 1))
         previous = current if frame is None else frame.image(current.astype(np.uint8)) > 0
         request.points, request.previous_mask = points, previous
-        ks = [int(round(p.z)) for p in points]
-        ys = [p.y for p in points]
-        xs = [p.x for p in points]
-        region = request.prompt_region.union(Region(min(ks), max(ks), math.floor(min(ys)), math.ceil(max(ys)),
-                                                    math.floor(min(xs)), math.ceil(max(xs))).clipped(request.shape_kji))
+        region = request.prompt_region.union(self._points_region(points, request.shape_kji))
         if previous.any():  # what the clicks may remove
             kk, jj, ii = np.nonzero(previous)
             region = region.union(Region(int(kk.min()), int(kk.max()), int(jj.min()), int(jj.max()), int(ii.min()), int(ii.max())))
@@ -333,7 +327,7 @@ class FastMedSAMLogic:
                                                            request.shape_kji)
         region = self._box_region(box, request.shape_kji) if box is not None else None
         if points:
-            point_region = self._points_region(points, int(slice_index), request.shape_kji)
+            point_region = self._points_region(points, request.shape_kji, int(slice_index))
             region = point_region if region is None else region.union(point_region)
         request.prompt_region = region
         request.logic_ms["prompts"] = ms_since(start)
@@ -350,7 +344,7 @@ class FastMedSAMLogic:
             raise PromptError("place at least one include point")
         depth, height, width = request.shape_kji
         zs = [int(round(p.z)) for p in points]
-        region = self._points_region(points, 0, request.shape_kji)
+        region = self._points_region(points, request.shape_kji, 0)
         request.points = points
         request.prompt_region = Region(max(min(zs), 0), min(max(zs), depth - 1), region.j0, region.j1, region.i0, region.i1)
         request.logic_ms["prompts"] = ms_since(start)
@@ -372,10 +366,13 @@ class FastMedSAMLogic:
         return Region(k0, k1, math.floor(box.y0), math.ceil(box.y1), math.floor(box.x0), math.ceil(box.x1)).clipped(shape_kji)
 
     @staticmethod
-    def _points_region(points: Sequence[Point], k: int, shape_kji) -> Region:
+    def _points_region(points: Sequence[Point], shape_kji, k: Optional[int] = None) -> Region:
+        """The box around the points: on slice `k`, or (None) over the slices they lie on."""
+        ks = [k] if k is not None else [int(round(p.z)) for p in points]
         xs = [p.x for p in points]
         ys = [p.y for p in points]
-        return Region(k, k, math.floor(min(ys)), math.ceil(max(ys)), math.floor(min(xs)), math.ceil(max(xs))).clipped(shape_kji)
+        return Region(min(ks), max(ks), math.floor(min(ys)), math.ceil(max(ys)), math.floor(min(xs)),
+                      math.ceil(max(xs))).clipped(shape_kji)
 
     # -- step 2: the Session (worker thread; no MRML here) ---------------------------------------------------
     def predict(self, request: Request, progress: Optional[Callable[[int, int], None]] = None) -> Optional[SessionOutcome]:
