@@ -7,7 +7,8 @@ embedding (kept for the few most recent embeddings), then per prompt runs only t
 tokens only the one a single-mask answer uses (one hypernetwork MLP, one row of the mask product).
 
 Same operations in the same order as `MaskDecoder`, its attentions through PyTorch's fused scaled-dot-product
-kernel; the results equal `SamModel.decode` up to float rounding (tested). Points, mask prompts or multimask requests take the plain `SamModel.decode`.
+kernel; the results equal `SamModel.decode` up to float rounding (tested). Points, mask prompts or multimask
+requests take the plain `SamModel.decode`.
 """
 from __future__ import annotations
 
