@@ -38,9 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--instances-per-image", type=positive_int,
         help="sample N instances per image in the instance datasets (default: the reference's 60, EM 100)",
     )
-    p.add_argument("--split", choices=("calibration", "evaluation"),
-                   help="only the token-pausing split's images (models/litemedsam-pause-split.json): evaluation = "
-                        "images neither the pause heads nor the knob saw")
+    p.add_argument("--split", choices=("calibration", "evaluation", "train", "validation"),
+                   help="box: only the token-pausing split's images (models/litemedsam-pause-split.json): evaluation = "
+                        "images neither the pause heads nor the knob saw; refine: the side of refine/split.py to run "
+                        "on (validation, the default and every reported figure, or train, to tune on)")
+    p.add_argument("--focus", type=_focus,
+                   help="refine: the clicks' focus window factor on 2D slices (refine/focus.py; inf = no window; "
+                        "default: the engine's tuned value)")
+    p.add_argument("--focus-3d", type=_focus, help="refine: the same for clicks on volumes")
     add_pause(p, several=True)
     add_runtime(p)
     add_device(p)
@@ -56,9 +61,13 @@ def run(args: argparse.Namespace) -> int:
         from ..evaluation.clicks3d import run_cli
 
         return run_cli(args)
+    from ..errors import PromptError
     from ..evaluation.box_protocol import evaluate, markdown
     from ..io.manifest import INSTANCES_PER_IMAGE
 
+    if args.split not in (None, "calibration", "evaluation"):
+        raise PromptError(f"--split {args.split} belongs to --protocol refine; the box protocol takes calibration or "
+                          "evaluation (the token-pausing split)")
     caps: Optional[dict] = None
     if args.instances_per_image is not None:
         caps = dict.fromkeys(INSTANCES_PER_IMAGE, args.instances_per_image)
@@ -78,17 +87,28 @@ def run(args: argparse.Namespace) -> int:
     return emit(report, markdown(report), args.out)
 
 
+def _focus(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the focus factor must be > 0 (inf: no window), got {text}")
+    return value
+
+
 def _refine(args: argparse.Namespace) -> int:
     from ..errors import PromptError
     from ..refine.protocol import REFINE_MODEL, evaluate_refine, markdown
+    from ..refine.split import TRAIN, VALIDATION
 
     if len(args.clicks) != 1 or not args.clicks[0].isdigit():
         raise PromptError(f"--protocol refine takes one number of clicks (e.g. --clicks 5), got {','.join(args.clicks)}")
+    if args.split not in (None, TRAIN, VALIDATION):
+        raise PromptError(f"--protocol refine runs on --split {TRAIN} or {VALIDATION}, not {args.split}")
     report = evaluate_refine(
         args.manifest, clicks=int(args.clicks[0]), noc_max=args.noc_max, datasets=args.datasets,
         max_targets=args.max_targets or 20, device=args.device, refine_model=args.model or REFINE_MODEL,
         refine_weights=None if args.weights == "official" else Path(args.weights),
-        embedding_cache=args.embedding_cache, progress=not args.quiet,
+        embedding_cache=args.embedding_cache, progress=not args.quiet, split=args.split or VALIDATION,
+        focus=args.focus, focus_3d=args.focus_3d,
     )
     return emit(report, markdown(report), args.out)
 

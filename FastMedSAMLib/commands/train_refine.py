@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (default: refine.train.TrainConfig's, 1e-4)")
     p.add_argument("--click-loss", type=float, default=0.0,
                    help="weight of a BCE on disks around the clicks (default 0: off)")
+    p.add_argument("--keep-loss", type=float, default=0.0,
+                   help="weight of a BCE on the pixels the previous round had right, so that a click leaves them "
+                        "alone (default 0: off)")
     p.add_argument("--init", type=Path, help="start from these fine-tuned weights (a litemedsam-refine file) "
                    "instead of LiteMedSAM's prompt encoder and decoder")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         if unexpected or any(not k.startswith("image_encoder.") for k in missing):
             raise WeightsError(f"{args.init} is not a litemedsam-refine prompt encoder + decoder file")
     config = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, click_loss=args.click_loss,
+                         keep_loss=args.keep_loss,
                          **({} if args.lr is None else {"lr": args.lr}))
     report = train(net, records, config, progress=not args.quiet, log=log)
     sha256 = save(net, args.out)
@@ -81,7 +85,8 @@ def _note(args: argparse.Namespace, report: dict) -> str:
     sides = report["split"]
     validation = ", ".join(f"`{k}`" for k, v in sorted(sides.items()) if v == "validation")
     curve = "\n".join(f"| {h['step']} | {h['seconds']} | {h['loss']:.4f} | {h['iou']:.3f} |" for h in report["history"])
-    init = (f" --click-loss {args.click_loss}" if args.click_loss else "") + (f" --init {args.init}" if args.init else "")
+    init = ((f" --click-loss {args.click_loss}" if args.click_loss else "")
+            + (f" --keep-loss {args.keep_loss}" if args.keep_loss else "") + (f" --init {args.init}" if args.init else ""))
     return f"""# {args.out.name}
 
 Prompt encoder + mask decoder of `litemedsam-refine`, fine-tuned from LiteMedSAM's by `fastmedsam train-refine

@@ -13,7 +13,6 @@ from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ..api import STAGES
 from ..engines.slice_engine import SliceEngine, SliceResult, VolumeResult, frame_box_from_mask
@@ -22,32 +21,10 @@ from ..models.base import Frame
 from ..prompts import Box, Box3D, Point
 from ..timing import ms_since
 from .data import to_frame
+from .focus import FOCUS, FOCUS_3D, local_edit
 from .prompting import mask_prompt, run_decoder
 
 DIES_OUT_DICE = 0.97  # a re-propagated slice this close to the previous result ends the correction's spread
-
-
-def local_edit(previous: np.ndarray, refined: np.ndarray, points: Sequence[Point]) -> np.ndarray:
-    """A click edits the region it lands in: of the pixels (voxels) where `refined` differs from `previous`, keep
-    only the connected pieces (8-connected in 2D, 26 in 3D) that hold a click (FocalClick-style local refinement).
-    Changes far from every click are dropped, so a click cannot degrade parts of the mask the user did not point
-    at. 2D: `previous` is (H, W) and the clicks' x, y index it; 3D: (Z, Y, X) and z, y, x."""
-    changed = refined != previous
-    if not changed.any():
-        return refined
-    pieces, _ = ndimage.label(changed, structure=np.ones((3,) * changed.ndim, dtype=bool))
-
-    def index(point: Point) -> Tuple[int, ...]:
-        coords = (point.z, point.y, point.x)[-changed.ndim:]
-        return tuple(min(max(int(round(c)), 0), n - 1) for c, n in zip(coords, changed.shape))
-
-    hit = {int(pieces[index(p)]) for p in points}
-    hit.discard(0)
-    out = previous.copy()
-    if hit:
-        keep = np.isin(pieces, sorted(hit))
-        out[keep] = refined[keep]
-    return out
 
 
 def _frame_points(points: Sequence[Point], frame: Frame) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +38,9 @@ def _frame_points(points: Sequence[Point], frame: Frame) -> Tuple[torch.Tensor, 
 class RefineEngine:
     """Decodes with box + points + mask prompts through `slices`' net, adapter, encoder and cache."""
 
-    def __init__(self, slices: SliceEngine) -> None:
+    def __init__(self, slices: SliceEngine, focus: float = FOCUS, focus_3d: float = FOCUS_3D) -> None:
         self.slices = slices
+        self.focus, self.focus_3d = focus, focus_3d  # the clicks' focus window factors (refine/focus.py); inf: none
 
     def _decode(
         self,
@@ -103,7 +81,7 @@ class RefineEngine:
             previous = None  # an empty previous mask says nothing; the prompt encoder's "no mask" is what it means
         mask, iou = self._decode(embedding, frame, frame_box, points, previous, timings)
         if previous is not None and points:
-            mask = local_edit(previous, mask, points)
+            mask = local_edit(previous, mask, points, self.focus)
         return SliceResult(mask, iou, timings, encoded, paused)
 
     # -- 3D ------------------------------------------------------------------------------------------------------
@@ -157,7 +135,7 @@ class RefineEngine:
         """Start from `previous` (else the box's propagation); each clicked slice (in z order) is decoded from its
         clicks, the box (when it covers the slice) and its previous mask, and the change spreads to the
         neighbouring slices (previous mask + box in) until the new result agrees with the old one. Of the whole
-        change, only the 26-connected pieces that hold a click are kept (`local_edit`)."""
+        change, only what the clicks' focus rule keeps stays (`focus.local_edit`)."""
         if previous is not None:
             result = VolumeResult(mask=previous.astype(bool).copy(), iou=0.0)
         elif box is not None:
@@ -178,11 +156,13 @@ class RefineEngine:
             frame_box = None if box is None else frame.box_to_frame(box.x0, box.y0, box.x1, box.y1)
             prior = before[z] if before[z].any() else None
             refined, result.iou = self._decode(embedding, frame, frame_box, by_slice[z], prior, result.timings)
-            result.mask[z] = refined if prior is None else local_edit(prior, refined, by_slice[z])
+            result.mask[z] = refined if prior is None else local_edit(prior, refined, by_slice[z], self.focus_3d)
+            if np.array_equal(result.mask[z], before[z]):
+                continue  # no click on this slice was obeyed: nothing to spread
             self._follow(key_prefix, volume_u8, result, z, hi, 1, before, paused)
             self._follow(key_prefix, volume_u8, result, z, lo, -1, before, paused)
         if points:  # in 3D too, a click edits the object where it lands: changes not connected to a click go
-            result.mask = local_edit(start, result.mask, points)
+            result.mask = local_edit(start, result.mask, points, self.focus_3d)
         zs = np.nonzero(result.mask.reshape(result.mask.shape[0], -1).any(axis=1))[0]
         result.z_range = (int(zs.min()), int(zs.max())) if len(zs) else None
         if paused:

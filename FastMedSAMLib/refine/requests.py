@@ -17,7 +17,8 @@ from ..prompts import Box, Box3D, Point
 from .engine import RefineEngine
 
 
-def _engine(session: Any) -> RefineEngine:
+def refine_engine(session: Any) -> RefineEngine:
+    """The session's RefineEngine (made on first use, remade when the session's SliceEngine changes)."""
     engine = getattr(session, "_refine_engine", None)
     if engine is None or engine.slices is not session._engine:
         engine = session._refine_engine = RefineEngine(session._engine)
@@ -85,7 +86,7 @@ def _predict_slice(session: Any, box: Optional[Box], points: List[Point], mask: 
     _needs_include(box, points, previous)
     clipped = None if box is None else box.clipped(height, width)
     slice_u8 = session._u8[z] if session.is_volume else session._u8
-    result = _engine(session).segment((session._image_key, z), slice_u8, clipped, points, previous)
+    result = refine_engine(session).segment((session._image_key, z), slice_u8, clipped, points, previous)
     return Prediction(
         mask=result.mask, timings=dict(result.timings), slice_index=z if session.is_volume else None,
         encoder_calls=int(result.encoded), iou=result.iou,
@@ -113,7 +114,7 @@ def _predict_volume(session: Any, box: Optional[Box3D], points: List[Point], mas
                 "prompt cannot reach; widen the box or click inside its slices"
             )
     _needs_include(clipped, points, previous)
-    engine = _engine(session)
+    engine = refine_engine(session)
     if not points and previous is None:
         result = engine.propagate(session._image_key, session._u8, clipped)
     else:

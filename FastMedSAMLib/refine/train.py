@@ -9,7 +9,8 @@ Each step simulates one interaction episode for a batch of objects (SAM / RITM s
   at the deepest point of the largest error component, as the evaluation clicks, else uniformly in the error) and
   feeds the binarised prediction back as dense prompt; `mask_only` of the rounds add no click;
 * the loss (Dice + BCE on the 256 frame, + MSE of the predicted IoU) is taken on the last round only, plus, with
-  `click_loss`, a BCE on disks around the episode's clicks (the pixels a user pointed at must follow the click).
+  `click_loss`, a BCE on disks around the episode's clicks (the pixels a user pointed at must follow the click),
+  and, with `keep_loss`, a BCE on the pixels the previous round had right (a click must not break them).
 A third of the steps stop after the first prompt, so box-only results are trained all along. Fixed seed and one
 thread: the same cache and settings give the same weights."""
 from __future__ import annotations
@@ -47,6 +48,7 @@ class TrainConfig:
     neighbour_margin_px: int = 6
     click_loss: float = 0.0  # weight of a BCE on the disks around the clicks (what the user pointed at)
     click_radius_px: int = 5
+    keep_loss: float = 0.0  # weight of a BCE that keeps the pixels the previous round had right (no harm)
 
 
 def _bbox(mask: np.ndarray) -> np.ndarray:
@@ -124,6 +126,7 @@ def _episode(prompt_encoder, mask_decoder, records, chosen, mode: str, rng: np.r
     boxes: Optional[torch.Tensor] = None
     dense: Optional[torch.Tensor] = None
     clicks: List[List[Tuple[float, float, int]]] = [[] for _ in chosen]
+    predicted: Optional[np.ndarray] = None  # the last no-grad round's mask, what the last round refines
     if mode == "box":
         boxes = torch.from_numpy(np.stack([_jittered_box(t, rng, config) for t in truth_np]))
     elif mode == "point":
@@ -160,6 +163,12 @@ def _episode(prompt_encoder, mask_decoder, records, chosen, mode: str, rng: np.r
         disks = _click_disks(clicks, truth.shape[-1], config.click_radius_px)
         bce = F.binary_cross_entropy_with_logits(logits[:, 0].float(), truth.float(), reduction="none")
         loss = loss + config.click_loss * (bce * disks).sum() / disks.sum().clamp(min=1.0)
+    if config.keep_loss and predicted is not None:
+        # where the previous round was right, the refined mask must stay right: a click fixes its error and
+        # leaves the rest alone (the evaluation's harm rate); the error itself is the main loss's business
+        right = torch.from_numpy(predicted == truth_np).float()
+        bce = F.binary_cross_entropy_with_logits(logits[:, 0].float(), truth.float(), reduction="none")
+        loss = loss + config.keep_loss * (bce * right).sum() / right.sum().clamp(min=1.0)
     parts.update({"mode": mode, "rounds": rounds})
     return loss, parts
 
