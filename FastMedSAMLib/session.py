@@ -21,7 +21,7 @@ from .io.images import Image, read_image
 from .io.intensity import to_uint8
 from .models import load_model, slice_adapter
 from .prompts import Box, Box3D, Point, points_to_box
-from .runtime.device import resolve_device
+from .runtime.device import configure_precision, resolve_device
 from .weights.registry import get_spec
 
 ImageInput = Union[np.ndarray, str, Path, Image]
@@ -38,8 +38,8 @@ class Session:
     encoder, higher values pause more tokens mid-encoder (faster, less exact); `set_pause` changes it at any time.
 
     `runtime` is how the 2D models compute (see `FastMedSAMLib.runtime`): "torch-exact" (the eager reference
-    modules), "torch" (folded/fused), "onnxruntime", "onnxruntime-int8"; None takes `DEFAULT_RUNTIME`. The 3D point
-    models run their eager modules whatever the runtime.
+    modules), "torch" (folded/fused), "onnxruntime", "onnxruntime-int8", "torch-fp16" (GPU); None takes the device's
+    measured default (`runtime.default_runtime`). The 3D point models run their eager modules whatever the runtime.
     """
 
     def __init__(
@@ -54,13 +54,14 @@ class Session:
         runtime: Optional[str] = None,
     ) -> None:
         from .pause import validate_pause
-        from .runtime import DEFAULT_RUNTIME, build_runtime, validate_runtime
+        from .runtime import build_runtime, default_runtime, validate_runtime
 
         validate_pause(pause)  # a bad knob or runtime fails before any weights load
-        runtime = validate_runtime(runtime or DEFAULT_RUNTIME)
+        self.device = resolve_device(device)
+        runtime = validate_runtime(runtime or default_runtime(self.device), self.device)
+        configure_precision(self.device)
         self.spec = get_spec(model)
         self.model_name = model
-        self.device = resolve_device(device)
         self.points_as_box = points_as_box
         self.cache = EmbeddingCache(int(cache_mb * 2**20))
         self.net = load_model(model, self.device, weights)
@@ -74,6 +75,9 @@ class Session:
             self._runtime = build_runtime(runtime, self.net, model, self.device, frame=adapter.size, weights=weights)
             self._engine.encoder, self._engine.encoder_tag = self._runtime.encoder, self._runtime.tag
             self._engine.decoder = self._runtime.decoder
+            self._engine.encode_batch = self._runtime.batch
+            if self.device.type == "cuda":
+                self._engine.warm_up()
         self.runtime = runtime if isinstance(self._engine, SliceEngine) else "torch-exact"
         self._gate = ModelGate()
         self._prefetch: Optional[Prefetch] = None
@@ -98,12 +102,14 @@ class Session:
         with self._gate.prompt():  # never under a running prefetch's encode
             if value == 0.0:
                 self._engine.encoder, self._engine.encoder_tag = self._runtime.encoder, self._runtime.tag
+                self._engine.encode_batch = self._runtime.batch
             else:
                 if self._paused_encoder is None:
                     self._paused_encoder = paused_encoder(self.net, self.model_name, value)
                 else:
                     self._paused_encoder.set_pause(value)
                 self._engine.encoder, self._engine.encoder_tag = self._paused_encoder, ("pause", value)
+                self._engine.encode_batch = 1  # its statistics are per slice
             self.pause = value
 
     # -- image -----------------------------------------------------------------------------------------------

@@ -66,14 +66,15 @@ def add_pause(p: argparse.ArgumentParser, several: bool = False) -> None:
 
 
 def add_runtime(p: argparse.ArgumentParser, several: bool = False) -> None:
-    from ..runtime import DEFAULT_RUNTIME, RUNTIMES
+    from ..runtime import DEFAULT_RUNTIME, GPU_DEFAULT_RUNTIME, RUNTIMES
 
+    default = f"the device's: {DEFAULT_RUNTIME} on a CPU, {GPU_DEFAULT_RUNTIME} on a GPU"
     if several:
-        p.add_argument("--runtimes", type=runtime_list, default=[DEFAULT_RUNTIME],
-                       help=f"comma-separated runtimes side by side ({', '.join(RUNTIMES)}, or all; default {DEFAULT_RUNTIME})")
+        p.add_argument("--runtimes", type=runtime_list, default=[None],
+                       help=f"comma-separated runtimes side by side ({', '.join(RUNTIMES)}, or all; default {default})")
     else:
         p.add_argument("--runtime", choices=RUNTIMES, default=None,
-                       help=f"how the model computes (default {DEFAULT_RUNTIME}; torch-exact = the reference modules)")
+                       help=f"how the model computes (default {default}; torch-exact = the reference modules)")
 
 
 def runtime_list(text: str) -> List[str]:

@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chart", type=Path, help="draw the side-by-side chart into this PNG")
     p.add_argument("--prefetch-timeline", action="store_true",
                    help="instead: prompt latency with / without background prefetch on the left-atrium MR, per runtime")
+    p.add_argument("--forward", action="store_true",
+                   help="instead: the networks alone (encoder, decoder, CUDA-graph decode) per encoder precision")
     p.add_argument("--agreement", action="store_true",
                    help="instead: each runtime's masks and logits against torch-exact on real 2D images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -66,6 +68,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.prefetch_timeline:
         return _timelines(args)
+    if args.forward:
+        from ..evaluation.bench_forward import bench_forward
+        from ..evaluation.bench_forward import markdown as forward_markdown
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        report = bench_forward(args.models or ["litemedsam"], device=args.device, repeats=args.repeats,
+                               parity_dir=args.manifest.resolve().parent.parent / "parity")
+        return emit(report, forward_markdown(report), args.out)
     if args.agreement:
         from ..evaluation.runtime_agreement import agreement_markdown, runtime_agreement
 

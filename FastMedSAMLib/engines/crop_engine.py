@@ -45,6 +45,7 @@ from ..io.geometry import index_to_lps, lps_to_index
 from ..io.images import Image
 from ..models.base import SamModel
 from ..prompts import Point
+from ..runtime.device import synchronize
 from ..timing import ms_since
 from .cache import EmbeddingCache
 from .slice_engine import VolumeResult
@@ -338,8 +339,7 @@ class CropEngine:
         return new, float(iou[0, 0])
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
 
     # -- the Session's entry point ---------------------------------------------------------------------------------
     def segment(

@@ -13,6 +13,7 @@ import torch
 from ..api import STAGES
 from ..models.base import Frame, SamModel, SliceAdapter
 from ..prompts import Box, Box3D
+from ..runtime.device import synchronize
 from ..timing import ms_since
 from .cache import EmbeddingCache
 
@@ -69,6 +70,7 @@ class SliceEngine:
         self.encoder: Callable[[torch.Tensor], torch.Tensor] = net.encode
         self.encoder_tag: Hashable = None
         self.decoder: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = net.decode
+        self.encode_batch = 1
 
     def _embedding(self, key: Hashable, slice_u8: np.ndarray, timings: Dict[str, float]) -> Tuple[torch.Tensor, Frame, bool, Optional[List[float]]]:
         key = (self.encoder_tag, key)
@@ -80,13 +82,38 @@ class SliceEngine:
         timings["preprocess"] += ms_since(start)
         start = time.perf_counter()
         embedding = self.encoder(tensor.to(self.device))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         timings["encode"] += ms_since(start)
         stats = getattr(self.encoder, "last_stats", None)
         paused = None if stats is None else stats.paused_fraction()
         self.cache.put(key, (embedding, frame, paused))
         return embedding, frame, True, paused
+
+    def encode_ahead(self, keys: List[Hashable], slices: List[np.ndarray], timings: Dict[str, float]) -> int:
+        """Encode the uncached ones of `slices` (cache keys `keys`) in one encoder call and cache them; returns how
+        many it encoded. Their embeddings are computed together but cached one by one, as `_embedding` would."""
+        todo = [(k, s) for k, s in zip(keys, slices) if (self.encoder_tag, k) not in self.cache]
+        if len(todo) < 2:
+            return 0
+        start = time.perf_counter()
+        prepared = [self.adapter.preprocess(to_rgb(s)) for _, s in todo]
+        batch = torch.cat([tensor for tensor, _ in prepared]).to(self.device)
+        timings["preprocess"] += ms_since(start)
+        start = time.perf_counter()
+        embeddings = self.encoder(batch)
+        synchronize(self.device)
+        timings["encode"] += ms_since(start)
+        for (key, _), (_, frame), embedding in zip(todo, prepared, embeddings.split(1)):
+            self.cache.put((self.encoder_tag, key), (embedding.clone(), frame, None))  # not a view: evictable alone
+        return len(todo)
+
+    def warm_up(self) -> None:
+        """One untimed encode + decode of a blank slice, caching nothing: on a GPU the first kernels pay the
+        libraries' start-up (handles, kernel loading), which should not land on the user's first prompt."""
+        tensor, _ = self.adapter.preprocess(np.zeros((self.adapter.size, self.adapter.size, 3), np.uint8))
+        box = torch.tensor([[[0.0, 0.0, 8.0, 8.0]]], device=self.device)
+        self.decoder(self.encoder(tensor.to(self.device)), boxes=box)
+        synchronize(self.device)
 
     def ensure_embedding(self, key: Hashable, slice_u8: np.ndarray) -> bool:
         """Encode and cache the slice under `key` unless it is cached (background prefetch); True if it encoded."""
@@ -98,8 +125,7 @@ class SliceEngine:
         start = time.perf_counter()
         boxes = torch.as_tensor(frame_box, dtype=torch.float32, device=self.device)[:, None, :]
         low_res, iou = self.decoder(embedding, boxes=boxes)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         timings["decode"] += ms_since(start)
         start = time.perf_counter()
         mask = self.adapter.postprocess(low_res, frame)
@@ -126,7 +152,11 @@ class SliceEngine:
         done = 0
         for order in (range(z_mid, z1 + 1), range(z_mid - 1, z0 - 1, -1)):
             previous: Optional[np.ndarray] = None if order.start == z_mid else result.mask[z_mid]
-            for z in order:
+            for i, z in enumerate(order):
+                if self.encode_batch > 1:  # this slice and the next ones in the walk, in one encoder call
+                    ahead = order[i:i + self.encode_batch]
+                    result.encoder_calls += self.encode_ahead([(key_prefix, a) for a in ahead],
+                                                              [volume_u8[a] for a in ahead], result.timings)
                 embedding, frame, encoded, paused = self._embedding((key_prefix, z), volume_u8[z], result.timings)
                 result.encoder_calls += int(encoded)
                 if paused is not None:

@@ -224,7 +224,8 @@ def bench(
     import torch
     from tqdm import tqdm
 
-    from .box_protocol import cpu_model
+    from ..runtime.device import resolve_device
+    from .bench_forward import environment
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -250,12 +251,7 @@ def bench(
                 bar.update(1)
     bar.close()
     return {
-        "environment": {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device": str(live[0].session.device) if live else device,
-            "cpu": cpu_model(),
-        },
+        "environment": environment(live[0].session.device if live else resolve_device(device)),
         "settings": {"repeats": repeats, "weights": weights, "pauses": [float(p) for p in pauses], "models": list(models),
                      "runtimes": list(runtimes)},
         "data": {
@@ -294,7 +290,7 @@ def _row(title: str, values: List[Optional[float]], fmt: str) -> str:
 def markdown(report: Dict[str, Any]) -> str:
     ok = [v for v in report["variants"] if v["status"] == "ok"]
     env = report["environment"]
-    lines = [f"torch {env['torch']}, {env['threads']} threads, {env['device']}, {env['cpu']}; "
+    lines = [f"torch {env['torch']}, {env['threads']} threads, {env['device']}, {env.get('gpu') or env['cpu']}; "
              f"medians of {report['settings']['repeats']} repeats", ""]
     if ok:
         lines += ["| figure | " + " | ".join(v["label"] for v in ok) + " |", "|---" * (len(ok) + 1) + "|"]
@@ -329,6 +325,8 @@ def markdown(report: Dict[str, Any]) -> str:
         lines.append(_row("load s", [v["load_seconds"] for v in ok], ".2f"))
         lines.append(_row("RSS after load MiB", [v["rss_mb_after_load"] for v in ok], ".0f"))
     lines.append(f"\npeak RSS {report['peak_rss_mb']:.0f} MiB (whole process, all variants)")
+    if "gpu_peak_memory_mb" in env:
+        lines.append(f"peak GPU memory {env['gpu_peak_memory_mb']:.0f} MiB; fp32 matmul {env['matmul_fp32']}, conv {env['conv_fp32']}")
     for v in report["variants"]:
         if v["status"] != "ok":
             lines.append(f"skipped {v['label']}: {v['note']}")

@@ -21,12 +21,14 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..errors import ImageError
+
+if TYPE_CHECKING:  # SimpleITK is imported where a file is read or written: arrays need no SimpleITK
+    import SimpleITK as sitk
 
 PathLike = Union[str, Path]
 SegmentNames = Union[Sequence[str], Mapping[int, str], None]
@@ -239,6 +241,10 @@ class _SitkCannotRead(Exception):
 
 
 def _sitk_read(path: Path) -> sitk.Image:
+    try:
+        import SimpleITK as sitk
+    except ImportError as error:  # a bare compute box: Pillow still reads the 2D formats
+        raise _SitkCannotRead("SimpleITK is not installed") from error
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -257,6 +263,8 @@ def _image_from_sitk(
     image: sitk.Image, source: str, array: Optional[np.ndarray] = None, modality: Optional[str] = None
 ) -> Image:
     """An `Image` from a SimpleITK image (2D, 3D, or 4D with one time point), keeping its geometry."""
+    import SimpleITK as sitk
+
     if image.GetDimension() == 4:
         size = image.GetSize()
         if size[3] != 1:
@@ -330,6 +338,8 @@ def _read_npz(path: Path, key: str) -> Image:
 
 
 def _read_dicom_series(folder: Path) -> Image:
+    import SimpleITK as sitk
+
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise ImageError(f"{folder} is a folder without a DICOM series; give an image file or a DICOM series folder")
@@ -398,6 +408,8 @@ def _label_volume(mask: np.ndarray, reference: Image) -> np.ndarray:
 
 
 def _on_reference_grid(volume: np.ndarray, reference: Image) -> sitk.Image:
+    import SimpleITK as sitk
+
     image = sitk.GetImageFromArray(volume)
     image.SetSpacing(reference.spacing)
     image.SetOrigin(reference.origin)
@@ -427,6 +439,8 @@ def write_mask(mask: np.ndarray, reference: Image, path: PathLike, segment_names
 
 
 def _write_atomically(image: sitk.Image, path: Path, suffix: str) -> None:
+    import SimpleITK as sitk
+
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{suffix}")
     try:
         sitk.WriteImage(image, str(temporary), useCompression=suffix != ".nii")

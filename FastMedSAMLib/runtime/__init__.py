@@ -6,9 +6,10 @@
 * "onnxruntime": the image encoder exported to ONNX (`fastmedsam export-onnx MODEL`, cached and sha256-checked,
   see `onnx_cache`), run by ONNX Runtime with every graph optimisation; the prepared torch decoder.
 * "onnxruntime-int8": the same export with dynamic int8 quantisation of the matrix products.
+* "torch-fp16": the eager encoder under float16 autocast, float32 decoder (GPU only: see `half`).
 
-`DEFAULT_RUNTIME` was chosen by measurement (README, *Runtimes*): the fastest runtime whose masks agree with
-torch-exact (mean Dice >= 0.995 on real slices) and whose development eval stays within 0.2 points.
+The defaults were chosen by measurement (README, *Runtimes*), per device: the fastest runtime whose masks agree
+with torch-exact (mean Dice >= 0.995 on real slices) and whose development eval stays within 0.2 points.
 """
 from __future__ import annotations
 
@@ -18,14 +19,25 @@ from typing import Any, Callable, Hashable, Optional
 
 from ..errors import RuntimeChoiceError
 
-RUNTIMES = ("torch-exact", "torch", "onnxruntime", "onnxruntime-int8")
-DEFAULT_RUNTIME = "torch"
+RUNTIMES = ("torch-exact", "torch", "onnxruntime", "onnxruntime-int8", "torch-fp16")
+DEFAULT_RUNTIME = "torch"  # on a CPU
+GPU_DEFAULT_RUNTIME = "torch"  # on a CUDA GPU
+GPU_ONLY = ("torch-fp16",)
 
 
-def validate_runtime(name: str) -> str:
+def validate_runtime(name: str, device: Any = None) -> str:
+    """`name` if it is a runtime (that runs on `device`, a torch.device, when given); else RuntimeChoiceError."""
     if name not in RUNTIMES:
         raise RuntimeChoiceError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+    if device is not None and name in GPU_ONLY and device.type != "cuda":
+        raise RuntimeChoiceError(f"runtime {name!r} is for CUDA GPUs (half-precision matrix units); on {device.type} "
+                                 "use 'torch' or 'onnxruntime'")
     return name
+
+
+def default_runtime(device: Any) -> str:
+    """The measured default for `device` (a torch.device)."""
+    return GPU_DEFAULT_RUNTIME if device.type == "cuda" else DEFAULT_RUNTIME
 
 
 @dataclass
@@ -38,6 +50,7 @@ class Runtime:
     decoder: Callable[..., Any]
     tag: Hashable
     fused: bool = False  # the encoder is the folded/fused one (or an export of the model), not the eager modules
+    batch: int = 1  # slices one encoder call may take in propagation (more where it is faster: GPUs)
 
 
 def weights_sha256(model: str, weights: Optional[Path]) -> str:
@@ -52,12 +65,18 @@ def weights_sha256(model: str, weights: Optional[Path]) -> str:
 def build_runtime(name: str, net: Any, model: str, device: Any, *, frame: int, weights: Optional[Path] = None) -> Runtime:
     """The runtime `name` for the loaded 2D model `net` (input frame `frame` px) on `device`."""
     from .decoder import PreparedDecoder
+    from .device import GPU_ENCODE_BATCH
     from .fused import FusedEncoder, fusable
 
-    validate_runtime(name)
+    validate_runtime(name, device)
+    batch = GPU_ENCODE_BATCH if device.type == "cuda" else 1  # the eager encoders take a batch at once
     if name == "torch-exact":
-        return Runtime(name, net.encode, net.decode, None)
+        return Runtime(name, net.encode, net.decode, None, batch=batch)
     decoder = PreparedDecoder(net)
+    if name == "torch-fp16":
+        from .half import AutocastEncoder
+
+        return Runtime(name, AutocastEncoder(net.encode, device.type), decoder, ("runtime", name), batch=batch)
     if name == "torch":
         if fusable(net.image_encoder):
             return Runtime(name, FusedEncoder(net.image_encoder), decoder, ("runtime", name), fused=True)
@@ -69,4 +88,4 @@ def build_runtime(name: str, net: Any, model: str, device: Any, *, frame: int, w
     return Runtime(name, OrtEncoder(path, device), decoder, ("runtime", name), fused=True)
 
 
-__all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "Runtime", "build_runtime", "validate_runtime", "weights_sha256"]
+__all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "GPU_DEFAULT_RUNTIME", "default_runtime", "Runtime", "build_runtime", "validate_runtime", "weights_sha256"]

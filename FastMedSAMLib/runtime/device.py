@@ -1,4 +1,4 @@
-"""Which torch device a Session runs on."""
+"""Which torch device a Session runs on, and how it computes there."""
 from __future__ import annotations
 
 from typing import Union
@@ -8,6 +8,7 @@ import torch
 from ..errors import DeviceError
 
 DEVICES = ("auto", "cpu", "cuda")
+GPU_ENCODE_BATCH = 8  # slices per encoder call when propagating on a GPU (a 256² TinyViT is launch-bound alone)
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -23,3 +24,18 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise DeviceError(f"device {device!r} is not supported; use one of {', '.join(DEVICES)} (or 'cuda:N')")
     return resolved
+
+
+def configure_precision(device: torch.device) -> None:
+    """fp32 means IEEE fp32 on a GPU too (process-wide). torch lets cuDNN convolutions run in TF32, whose 10-bit
+    mantissa moves logits past the parity limits and flips the pause decisions calibrated on the CPU; half
+    precision is asked for explicitly instead (the `torch-fp16` runtime)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so that a clock read after it times that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

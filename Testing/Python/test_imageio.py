@@ -10,7 +10,6 @@ import pytest
 import SimpleITK as sitk
 
 from FastMedSAMLib.errors import ImageError
-from FastMedSAMLib.io import images as imageio
 from FastMedSAMLib.io.geometry import ijk_to_ras_matrix
 from FastMedSAMLib.io.images import Image, read_image, read_label, write_mask
 
@@ -426,7 +425,9 @@ def test_failed_write_leaves_no_partial_file_and_keeps_the_old_one(oblique: Imag
         Path(path).write_bytes(b"\x1f\x8b partial")
         raise RuntimeError("No space left on device")
 
-    monkeypatch.setattr(imageio.sitk, "WriteImage", crash_half_way)
+    import SimpleITK as sitk
+
+    monkeypatch.setattr(sitk, "WriteImage", crash_half_way)
     with pytest.raises(ImageError, match="No space left on device"):
         write_mask(labels_for(oblique), oblique, target)
     assert os.listdir(tmp_path) == ["mask.nii.gz"]

@@ -1,6 +1,7 @@
-"""Runtimes (torch-exact, torch, onnxruntime, onnxruntime-int8) on real CT and X-ray slices with the real
-LiteMedSAM weights: every runtime's masks agree with torch-exact; the prepared decoder is the plain decoder up to
-float rounding; a tampered, truncated or stale ONNX export is rebuilt, never used."""
+"""Runtimes (torch-exact, torch, onnxruntime, onnxruntime-int8; torch-fp16 on GPUs) on real CT and X-ray slices with
+the real LiteMedSAM weights: every CPU runtime's masks agree with torch-exact (the GPU's in test_cuda.py); the
+prepared decoder is the plain decoder up to float rounding; a tampered, truncated or stale ONNX export is rebuilt,
+never used; propagation that encodes several slices per call gives the same volume."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from FastMedSAMLib import Box, Session
+from FastMedSAMLib import Box, Box3D, Session
 from FastMedSAMLib.errors import RuntimeChoiceError
 from FastMedSAMLib.evaluation.metrics import dice
 from FastMedSAMLib.io.images import read_image, read_label
-from FastMedSAMLib.runtime import DEFAULT_RUNTIME, RUNTIMES
+from FastMedSAMLib.runtime import DEFAULT_RUNTIME, GPU_ONLY, RUNTIMES
 from FastMedSAMLib.runtime.decoder import PreparedDecoder
+from FastMedSAMLib.runtime.half import AutocastEncoder
 from FastMedSAMLib.runtime.onnx_cache import encoder_onnx, export_dir, is_valid
 
 # Mean Dice with torch-exact each runtime must reach on the real slices. int8 measured 0.91 here (small lesions lose
@@ -60,7 +62,7 @@ def reference(cases) -> Tuple[List[np.ndarray], List[torch.Tensor]]:
     return _masks("torch-exact", cases)
 
 
-@pytest.mark.parametrize("runtime", [r for r in RUNTIMES if r != "torch-exact"])
+@pytest.mark.parametrize("runtime", [r for r in RUNTIMES if r != "torch-exact" and r not in GPU_ONLY])
 def test_runtime_masks_agree_with_torch_exact(runtime, cases, reference):
     masks, embeddings = _masks(runtime, cases)
     scores = [dice(a, b) for a, b in zip(masks, reference[0])]
@@ -92,6 +94,45 @@ def test_prepared_decoder_is_the_plain_decoder(cases, reference):
 def test_unknown_runtime_fails_before_loading():
     with pytest.raises(RuntimeChoiceError, match="unknown runtime"):
         Session("litemedsam", "cpu", runtime="tensorrt")
+
+
+def test_gpu_runtime_on_the_cpu_fails_before_loading(monkeypatch):
+    import FastMedSAMLib.session as session_module
+
+    def no_load(*_args, **_kwargs):
+        raise AssertionError("weights were loaded for a runtime that cannot run here")
+
+    monkeypatch.setattr(session_module, "load_model", no_load)
+    with pytest.raises(RuntimeChoiceError, match="CUDA GPUs"):
+        Session("litemedsam", "cpu", runtime="torch-fp16")
+
+
+def test_autocast_encoder_keeps_the_masks(cases, reference):
+    """The half-precision encoder's mechanics on the CPU (bfloat16 autocast, the CPU's half type; float16 is
+    measured on a GPU): float32 embeddings out, masks close to torch-exact's."""
+    session = Session("litemedsam", "cpu", runtime="torch-exact")
+    session._engine.encoder = AutocastEncoder(session.net.encode, "cpu", torch.bfloat16)
+    session._engine.encoder_tag = "bf16"
+    for (image, box), expected in zip(cases[:2], reference[0][:2]):
+        session.set_image(image)
+        mask = session.predict(box=box).mask
+        assert dice(mask, expected) >= 0.97
+    embedding = session.cache.get(("bf16", (session._image_key, cases[1][1].z)))[0]
+    assert embedding.dtype == torch.float32
+
+
+def test_propagation_encoding_several_slices_per_call_gives_the_same_volume(cases):
+    image, box = cases[1]
+    box3d = Box3D(box.x0, box.y0, box.z - 2, box.x1, box.y1, box.z + 2)
+    volumes = []
+    for batch in (1, 3):
+        session = Session("litemedsam", "cpu", runtime="torch-exact")
+        session._engine.encode_batch = batch
+        session.set_image(image)
+        result = session.predict(box=box3d)
+        assert result.encoder_calls == 5
+        volumes.append(result.mask)
+    assert dice(volumes[0], volumes[1]) >= 0.999 and volumes[0].any()
 
 
 class _Tiny(torch.nn.Module):
