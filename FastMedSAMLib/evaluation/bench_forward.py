@@ -3,7 +3,7 @@
 `fastmedsam bench --forward` answers "how fast is the network itself here" (the GPU goals: FastSAM3D encoder +
 decoder per 128³ crop, a LiteMedSAM slice), apart from the Session's pre/post-processing. For each model and each
 encoder precision (float32; float16 / bfloat16 autocast, decoder always float32) it times one encode, a batch of
-slices per encode (2D), one decode (a box, or a 3D click) and, on a GPU, the decode replayed as a CUDA graph
+slices per encode (2D), one decode (a box, or a 3D click) and, on a GPU, the 2D decode replayed as a CUDA graph
 (launch overhead gone), and says how far the half-precision embedding and mask are from float32's.
 
 Inputs are fixed pseudo-random tensors of the model's input size (the speed does not depend on content); the
@@ -109,7 +109,9 @@ def bench_forward(models: Sequence[str], *, device: str = "auto", precisions: Se
         image, prompt, frame = _inputs(net, model, target)
         reference = net.encode(image)
         decode_ms, (reference_logits, _) = _timed(lambda: net.decode(reference, **prompt), target, repeats)
-        graph_ms = _timed(_graph_decode(net, reference, prompt), target, repeats)[0] if target.type == "cuda" else None
+        graph_ms = None
+        if target.type == "cuda" and frame:  # the 3D decoders read values back to the host mid-way: not capturable
+            graph_ms = _timed(_graph_decode(net, reference, prompt), target, repeats)[0]
         for name in precisions:
             encode = _encoder(net, PRECISIONS[name], target)
             row: Dict[str, Any] = {"model": model, "weights": weights, "precision": name, "input": list(image.shape)}
