@@ -14,7 +14,7 @@ import torch
 
 from .api import STAGES, Prediction
 from .engines.cache import EmbeddingCache
-from .engines.prefetch import ModelGate, Prefetch, outward, start_prefetch
+from .engines.prefetch import BackgroundThread, ModelGate, Prefetch, outward, start_prefetch
 from .engines.slice_engine import SliceEngine
 from .errors import ImageError, PromptError
 from .io.images import Image, read_image
@@ -76,8 +76,8 @@ class Session:
             self._engine.encoder, self._engine.encoder_tag = self._runtime.encoder, self._runtime.tag
             self._engine.decoder = self._runtime.decoder
             self._engine.encode_batch = self._runtime.batch
-            if self.device.type == "cuda":
-                self._engine.warm_up()
+        self._background = BackgroundThread()
+        self._warm_up()
         self.runtime = runtime if isinstance(self._engine, SliceEngine) else "torch-exact"
         self._gate = ModelGate()
         self._prefetch: Optional[Prefetch] = None
@@ -86,6 +86,14 @@ class Session:
         self.pause = 0.0
         self._paused_encoder = None  # built on the first knob > 0, then only its threshold moves
         self.set_pause(pause)
+
+    def _warm_up(self) -> None:
+        """On a GPU, run the current encoder once in this thread and once on the prefetch thread (cuDNN builds its
+        execution plans per thread), so that neither a first prompt nor a first prefetch slice pays for it. No
+        prefetch may be running (the warm-up would queue behind it)."""
+        if self.device.type == "cuda" and isinstance(self._engine, SliceEngine):
+            self._engine.warm_up()
+            self._background.submit(self._engine.warm_up).wait()
 
     # -- token pausing ---------------------------------------------------------------------------------------
     def set_pause(self, pause: float) -> None:
@@ -97,6 +105,7 @@ class Session:
         value = validate_pause(pause)
         if value == self.pause:
             return
+        first_paused = value > 0 and self._paused_encoder is None
         if not isinstance(self._engine, SliceEngine):
             raise PauseError(f"token pausing is not available for the 3D point model {self.model_name!r}; use pause=0")
         with self._gate.prompt():  # never under a running prefetch's encode
@@ -111,6 +120,9 @@ class Session:
                 self._engine.encoder, self._engine.encoder_tag = self._paused_encoder, ("pause", value)
                 self._engine.encode_batch = 1  # its statistics are per slice
             self.pause = value
+        if first_paused:  # a new encoder: its convolutions need their own plans on a GPU
+            self.cancel_prefetch()
+            self._warm_up()
 
     # -- image -----------------------------------------------------------------------------------------------
     def set_image(
@@ -287,7 +299,8 @@ class Session:
             raise PromptError(f"prefetch slices {bad[:5]} are not slice indices of this volume (0..{depth - 1})")
         centre = depth // 2 if center is None else int(center)
         self.cancel_prefetch()
-        self._prefetch = start_prefetch(self._engine, self._gate, self._image_key, self._u8, outward(chosen, centre))
+        self._prefetch = start_prefetch(self._engine, self._gate, self._image_key, self._u8, outward(chosen, centre),
+                                        self._background)
         return self._prefetch
 
     def cancel_prefetch(self) -> None:

@@ -3,7 +3,7 @@
 `fastmedsam bench --forward` answers "how fast is the network itself here" (the GPU goals: FastSAM3D encoder +
 decoder per 128³ crop, a LiteMedSAM slice), apart from the Session's pre/post-processing. For each model and each
 encoder precision (float32; float16 / bfloat16 autocast, decoder always float32) it times one encode, a batch of
-slices per encode (2D), one decode (a box, or a 3D click) and, on a GPU, the decode replayed as a CUDA graph
+slices per encode (2D), one decode (a box, or a 3D click) and, on a GPU, the 2D decode replayed as a CUDA graph
 (launch overhead gone), and says how far the half-precision embedding and mask are from float32's.
 
 Inputs are fixed pseudo-random tensors of the model's input size (the speed does not depend on content); the
@@ -97,8 +97,10 @@ def _graph_decode(net: Any, embedding: torch.Tensor, prompt: Dict[str, Any]) -> 
 
 
 def bench_forward(models: Sequence[str], *, device: str = "auto", precisions: Sequence[str] = tuple(PRECISIONS),
-                  repeats: int = 20, parity_dir: Optional[Path] = None) -> Dict[str, Any]:
-    """Encoder / decoder forward timings per model and encoder precision; returns the JSON-ready report."""
+                  repeats: int = 20, warmups: int = 3, batch: int = BATCH_2D,
+                  parity_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """Encoder / decoder forward timings per model and encoder precision (2D encoders also `batch` slices per
+    call); returns the JSON-ready report."""
     from ..runtime.device import configure_precision
 
     target = resolve_device(device)
@@ -108,26 +110,29 @@ def bench_forward(models: Sequence[str], *, device: str = "auto", precisions: Se
         net, weights = _load(model, target, parity_dir)
         image, prompt, frame = _inputs(net, model, target)
         reference = net.encode(image)
-        decode_ms, (reference_logits, _) = _timed(lambda: net.decode(reference, **prompt), target, repeats)
-        graph_ms = _timed(_graph_decode(net, reference, prompt), target, repeats)[0] if target.type == "cuda" else None
+        decode_ms, (reference_logits, _) = _timed(lambda: net.decode(reference, **prompt), target, repeats, warmups)
+        graph_ms = None
+        if target.type == "cuda" and frame:  # the 3D decoders read values back to the host mid-way: not capturable
+            graph_ms = _timed(_graph_decode(net, reference, prompt), target, repeats, warmups)[0]
         for name in precisions:
             encode = _encoder(net, PRECISIONS[name], target)
             row: Dict[str, Any] = {"model": model, "weights": weights, "precision": name, "input": list(image.shape)}
-            row["encode_ms"], embedding = _timed(lambda: encode(image), target, repeats)
+            row["encode_ms"], embedding = _timed(lambda: encode(image), target, repeats, warmups)
             row["decode_ms"] = decode_ms
             if graph_ms is not None:
                 row["decode_cuda_graph_ms"] = graph_ms
             row["encode_decode_ms"] = row["encode_ms"] + decode_ms
             if frame:
-                batch = image.expand(BATCH_2D, -1, -1, -1).contiguous()
-                per_call, _ = _timed(lambda: encode(batch), target, max(repeats // 4, 2))
-                row[f"encode_ms_per_slice_batch{BATCH_2D}"] = per_call / BATCH_2D
+                slices = image.expand(batch, -1, -1, -1).contiguous()
+                per_call, _ = _timed(lambda: encode(slices), target, max(repeats // 4, 1), min(warmups, 1))
+                row["encode_ms_per_slice_in_batch"] = per_call / batch
             logits, _ = net.decode(embedding, **prompt)
             row["embedding_rel_error"] = float((embedding - reference).abs().max() / reference.abs().max())
             row["mask_agreement"] = float(((logits > 0) == (reference_logits > 0)).float().mean())
             rows.append(row)
-    return {"environment": environment(target), "settings": {"repeats": repeats, "models": list(models),
-                                                             "precisions": list(precisions)}, "rows": rows}
+    settings = {"repeats": repeats, "warmups": warmups, "batch": batch, "models": list(models),
+                "precisions": list(precisions)}
+    return {"environment": environment(target), "settings": settings, "rows": rows}
 
 
 def environment(device: torch.device) -> Dict[str, Any]:
@@ -148,10 +153,11 @@ def markdown(report: Dict[str, Any]) -> str:
     env = report["environment"]
     lines = [f"torch {env['torch']}, {env.get('gpu') or env['cpu']} ({env['device']}); medians of "
              f"{report['settings']['repeats']}", "",
-             "| model | weights | encoder precision | encode ms | per slice, batch of 8 | decode ms | decode as CUDA graph "
+             f"| model | weights | encoder precision | encode ms | per slice, batch of {report['settings']['batch']} | "
+             "decode ms | decode as CUDA graph "
              "| encode + decode ms | embedding rel. error | mask pixels equal |", "|---" * 10 + "|"]
     for row in report["rows"]:
-        batch = row.get(f"encode_ms_per_slice_batch{BATCH_2D}")
+        batch = row.get("encode_ms_per_slice_in_batch")
         graph = row.get("decode_cuda_graph_ms")
         lines.append(
             f"| {row['model']} | {row['weights']} | {row['precision']} | {row['encode_ms']:.2f} | "

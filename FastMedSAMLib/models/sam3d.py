@@ -47,8 +47,9 @@ class PositionEmbeddingRandom3D(nn.Module):
 
     def forward_with_coords(self, coords: torch.Tensor, image_size: Triple) -> torch.Tensor:
         """PE of (B, N, 3) voxel coordinates (d, h, w) in a volume of `image_size` = (D, H, W)."""
-        scale = torch.tensor(image_size, dtype=torch.float32, device=coords.device)
-        return self._encode((coords / scale).to(torch.float))
+        # per-axis division by Python numbers: no host-to-device copy per click (and capturable in a CUDA graph)
+        scaled = torch.stack([coords[..., axis] / float(n) for axis, n in enumerate(image_size)], dim=-1)
+        return self._encode(scaled.to(torch.float))
 
 
 class PromptEncoder3D(nn.Module):

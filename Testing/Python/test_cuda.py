@@ -40,16 +40,20 @@ def cpu_masks(lesion) -> List[np.ndarray]:
     return [session.predict(box=b).mask for b in boxes]
 
 
-@pytest.mark.parametrize("runtime,bound", [("torch-exact", 0.999), ("torch", 0.995), ("torch-fp16", 0.995)])
-def test_gpu_masks_agree_with_the_cpu(lesion, cpu_masks, runtime, bound):
+@pytest.mark.parametrize("runtime", ["torch-exact", "torch", "torch-fp16"])
+def test_gpu_masks_agree_with_the_cpu(lesion, cpu_masks, runtime):
+    """The runtime rule (mean Dice >= 0.995 with the reference) across the lesion's first, middle and last slice;
+    torch-exact (IEEE fp32 on both) closer still."""
     ct, _, boxes, _ = lesion
     session = Session("litemedsam", "cuda", runtime=runtime)
     session.set_image(ct)
+    scores = []
     for box, expected in zip(boxes, cpu_masks):
         prediction = session.predict(box=box)
-        assert dice(prediction.mask, expected) >= bound
+        scores.append(dice(prediction.mask, expected))
         stages = sum(prediction.timings[s] for s in ("preprocess", "encode", "decode", "postprocess"))
         assert stages <= prediction.timings["total"] + 1e-6 and prediction.timings["encode"] > 0
+    assert np.mean(scores) >= (0.999 if runtime == "torch-exact" else 0.995), scores
 
 
 def test_fp32_is_ieee_on_the_gpu(lesion):
@@ -80,13 +84,17 @@ def test_batched_propagation_gives_the_cpu_volume(lesion):
     assert dice(results[1].mask, gt) >= dice(results[0].mask, gt) - 0.005
 
 
-def test_token_pausing_runs_on_the_gpu(lesion, cpu_masks):
+def test_token_pausing_runs_on_the_gpu(lesion):
+    """The paused encoder on the GPU pauses like on the CPU and gives its mask."""
     ct, _, boxes, _ = lesion
-    session = Session("litemedsam", "cuda", pause=0.5)
-    session.set_image(ct)
-    prediction = session.predict(box=boxes[1])
-    assert prediction.paused_fraction > 0.2
-    assert dice(prediction.mask, cpu_masks[1]) >= 0.9
+    results = []
+    for device in ("cpu", "cuda"):
+        session = Session("litemedsam", device, pause=0.5)
+        session.set_image(ct)
+        results.append(session.predict(box=boxes[1]))
+    assert results[1].paused_fraction > 0.2
+    assert abs(results[1].paused_fraction - results[0].paused_fraction) < 0.02
+    assert dice(results[1].mask, results[0].mask) >= 0.98, dice(results[1].mask, results[0].mask)
 
 
 @pytest.mark.parametrize("model", ["fastsam3d", "sam-med3d-turbo"])
