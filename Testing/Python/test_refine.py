@@ -236,3 +236,20 @@ def test_a_click_changes_only_its_side_in_its_focus_window_and_only_if_obeyed(nd
     shifted[lead + (slice(10, 30), slice(26, 30))] = False
     edited = local_edit(previous, shifted, [click], focus=float("inf"))
     assert edited[lead + (slice(10, 30), slice(26, 30))].all() and edited[lead + (20, 33)].all()
+
+
+def test_eval_runs_the_asked_side_of_the_split_and_refuses_the_other_protocols_sides(manifest_path, tmp_path):
+    from FastMedSAMLib.cli import main
+
+    base = ["eval", "--manifest", str(manifest_path), "--datasets", "derm_ham10000", "--max-targets", "1"]
+    assert main([*base, "--split", "train", "--out", str(tmp_path / "box.json")]) == 2  # a refine side, box protocol
+    assert main([*base, "--protocol", "refine", "--split", "calibration", "--out", str(tmp_path / "r.json")]) == 2
+    assert not list(tmp_path.iterdir())
+    out = tmp_path / "train.json"
+    assert main([*base, "--protocol", "refine", "--clicks", "1", "--noc-max", "1", "--split", "train",
+                 "--focus", "2", "--focus-3d", "inf", "--quiet", "--out", str(out)]) == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    sides = split(read_manifest(manifest_path))
+    assert report["split"] == TRAIN and report["focus"] == [2.0, float("inf")] and report["rows"]
+    assert all(sides[case_key(e)] == TRAIN for e in read_manifest(manifest_path)
+               if e.image_name in {r["image"] for r in report["rows"]})
