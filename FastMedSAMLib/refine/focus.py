@@ -7,8 +7,9 @@ prediction also moves parts of the mask nobody pointed at, which is where clicks
   elsewhere;
 * its edit stays in a focus window: a disk (a cylinder across slices in 3D) around the click whose radius is
   `focus` times the click's depth, its distance to the previous mask's border (where the previous mask turns to
-  the click's side), at least `FOCUS_MIN_PX` (`FOCUS` in 2D, `FOCUS_3D` in 3D); the deepest point of an error region is as deep as the region is
-  wide, so the window holds the error the click points at and not much more. `focus=inf` switches it off;
+  the click's side), at least `FOCUS_MIN_PX` (`FOCUS` in 2D, `FOCUS_3D` in 3D); the deepest point of an error
+  region is as deep as the region is wide, so the window holds the error the click points at and not much more.
+  `focus=inf` switches it off;
 * an include click only adds to the mask, an exclude click only removes from it (a piece of change that grows the
   mask next to one that shrinks it is two edits, and the click asked for one);
 * within the window, only the connected piece of that change that holds the click is kept (8-connected in 2D,
@@ -58,8 +59,8 @@ def focus_window(previous: np.ndarray, point: Point, focus: float) -> Optional[n
 def local_edit(previous: np.ndarray, refined: np.ndarray, points: Sequence[Point],
                focus: float = FOCUS) -> np.ndarray:
     """`previous` with, for each click that `refined` obeys, the connected piece of the change on the click's side
-    (added for an include click, removed for an exclude click) within its focus window that holds the click. 2D: (H, W) arrays indexed by the clicks'
-    y, x; 3D: (Z, Y, X) arrays indexed by z, y, x."""
+    (added for an include click, removed for an exclude click) within its focus window that holds the click.
+    2D: (H, W) arrays indexed by the clicks' y, x; 3D: (Z, Y, X) arrays indexed by z, y, x."""
     changed = refined != previous
     out = previous.copy()
     if not changed.any():
