@@ -86,3 +86,23 @@ def test_prefetch_refuses_what_it_cannot_do(lesion, data_dir):
     session.set_image(image)
     with pytest.raises(PromptError, match="slice indices"):
         session.prefetch(slices=[0, 999])
+
+
+def test_every_prefetch_of_a_session_runs_on_its_one_background_thread(lesion):
+    """A thread's first convolution is slow on a GPU (per-thread cuDNN plans), so prefetches reuse one thread."""
+    import threading
+
+    image, box = lesion
+    session = Session("litemedsam", "cpu")
+    session.set_image(image)
+    encoder, threads = session._engine.encoder, []
+
+    def recording(tensor):
+        threads.append(threading.current_thread())  # the object: a new thread may reuse an ident
+        return encoder(tensor)
+
+    session._engine.encoder = recording
+    for z in (box.z0, box.z1):
+        job = session.prefetch(slices=[z], center=z)
+        assert job.wait(120) and job.encoded == [z] and job.error is None
+    assert len(threads) == 2 and threads[0] is threads[1] and threads[0] is not threading.main_thread()
