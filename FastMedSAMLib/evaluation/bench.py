@@ -225,7 +225,7 @@ def bench(
     from tqdm import tqdm
 
     from ..runtime.device import resolve_device
-    from .bench_forward import environment
+    from .box_protocol import environment
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")

@@ -102,6 +102,7 @@ def bench_forward(models: Sequence[str], *, device: str = "auto", precisions: Se
     """Encoder / decoder forward timings per model and encoder precision (2D encoders also `batch` slices per
     call); returns the JSON-ready report."""
     from ..runtime.device import configure_precision
+    from .box_protocol import environment
 
     target = resolve_device(device)
     configure_precision(target)
@@ -133,20 +134,6 @@ def bench_forward(models: Sequence[str], *, device: str = "auto", precisions: Se
     settings = {"repeats": repeats, "warmups": warmups, "batch": batch, "models": list(models),
                 "precisions": list(precisions)}
     return {"environment": environment(target), "settings": settings, "rows": rows}
-
-
-def environment(device: torch.device) -> Dict[str, Any]:
-    """What the figures were measured on: torch, threads, the device (GPU name, peak GPU memory) and precision."""
-    from .box_protocol import cpu_model
-
-    env: Dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
-                           "cpu": cpu_model()}
-    if device.type == "cuda":
-        env.update(gpu=torch.cuda.get_device_name(device),
-                   gpu_peak_memory_mb=torch.cuda.max_memory_allocated(device) / 2**20,
-                   matmul_fp32=torch.backends.cuda.matmul.fp32_precision,
-                   conv_fp32=torch.backends.cudnn.conv.fp32_precision)
-    return env
 
 
 def markdown(report: Dict[str, Any]) -> str:

@@ -193,7 +193,7 @@ def evaluate(
             "3D": "3D box -> middle-out propagation",
             "nsd_tolerance": {"3D_mm": TOLERANCE_3D_MM, "2D_px": TOLERANCE_2D_PX},
         },
-        "environment": environment(sessions[next(iter(sessions))]),
+        "environment": environment(sessions[next(iter(sessions))].device),
         "seconds": time.perf_counter() - started,
         "cases": [asdict(c) for c in cases],
         "summary": summarise(cases),
@@ -229,16 +229,24 @@ def _case(entry: Entry, target: Target, pause: float, dsc, nsd, calls: int, seco
     )
 
 
-def environment(session: Any) -> Dict[str, Any]:
+def environment(device: Any) -> Dict[str, Any]:
+    """What figures were measured on: torch, threads, the CPU, and for a CUDA `device` (a torch.device) the GPU,
+    its peak memory so far and the float32 precision setting."""
     import torch
 
-    return {
+    env: Dict[str, Any] = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "device": str(session.device),
+        "device": str(device),
         "cpu": cpu_model(),
         "python": platform.python_version(),
     }
+    if device.type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device),
+                   gpu_peak_memory_mb=torch.cuda.max_memory_allocated(device) / 2**20,
+                   matmul_fp32=torch.backends.cuda.matmul.fp32_precision,
+                   conv_fp32=torch.backends.cudnn.conv.fp32_precision)
+    return env
 
 
 def cpu_model() -> str:

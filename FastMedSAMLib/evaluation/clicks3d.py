@@ -18,7 +18,6 @@ not depend on which other targets run.
 """
 from __future__ import annotations
 
-import platform
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from ..engines.crop_engine import (
 )
 from ..errors import FastMedSAMError, WeightsError
 from ..models.base import SamModel
+from .box_protocol import environment
 from .metrics import dice
 
 PROTOCOL = "clicks3d"
@@ -238,12 +238,7 @@ def run_clicks3d(
             "dice_space": "128^3 crop at 1.5 mm",
             "manifest": str(manifest),
         },
-        "environment": {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device": str(torch_device),
-            "python": platform.python_version(),
-        },
+        "environment": environment(torch_device),
         "load_seconds": load_seconds,
         "rows": rows,
         "summary": summarise(rows, clicks),
