@@ -73,38 +73,39 @@ class SliceEngine:
         self.encode_batch = 1
 
     def _embedding(self, key: Hashable, slice_u8: np.ndarray, timings: Dict[str, float]) -> Tuple[torch.Tensor, Frame, bool, Optional[List[float]]]:
-        key = (self.encoder_tag, key)
-        cached = self.cache.get(key)
+        cached = self.cache.get((self.encoder_tag, key))
         if cached is not None:
             return cached[0], cached[1], False, cached[2]
-        start = time.perf_counter()
-        tensor, frame = self.adapter.preprocess(to_rgb(slice_u8))
-        timings["preprocess"] += ms_since(start)
-        start = time.perf_counter()
-        embedding = self.encoder(tensor.to(self.device))
-        synchronize(self.device)
-        timings["encode"] += ms_since(start)
-        stats = getattr(self.encoder, "last_stats", None)
-        paused = None if stats is None else stats.paused_fraction()
-        self.cache.put(key, (embedding, frame, paused))
+        embedding, frame, paused = self._encode([key], [slice_u8], timings)[0]
         return embedding, frame, True, paused
 
-    def encode_ahead(self, keys: List[Hashable], slices: List[np.ndarray], timings: Dict[str, float]) -> int:
-        """Encode the uncached ones of `slices` (cache keys `keys`) in one encoder call and cache them; returns how
-        many it encoded. Their embeddings are computed together but cached one by one, as `_embedding` would."""
-        todo = [(k, s) for k, s in zip(keys, slices) if (self.encoder_tag, k) not in self.cache]
-        if len(todo) < 2:
-            return 0
+    def _encode(self, keys: List[Hashable], slices: List[np.ndarray], timings: Dict[str, float]) -> List[Tuple[torch.Tensor, Frame, Optional[List[float]]]]:
+        """Encode `slices` in one encoder call and cache each under its key; returns the (embedding, frame, paused)
+        entries. `paused` (per-block paused fractions) comes from an encoder that reports them, one slice a call."""
         start = time.perf_counter()
-        prepared = [self.adapter.preprocess(to_rgb(s)) for _, s in todo]
+        prepared = [self.adapter.preprocess(to_rgb(s)) for s in slices]
         batch = torch.cat([tensor for tensor, _ in prepared]).to(self.device)
         timings["preprocess"] += ms_since(start)
         start = time.perf_counter()
         embeddings = self.encoder(batch)
         synchronize(self.device)
         timings["encode"] += ms_since(start)
-        for (key, _), (_, frame), embedding in zip(todo, prepared, embeddings.split(1)):
-            self.cache.put((self.encoder_tag, key), (embedding.clone(), frame, None))  # not a view: evictable alone
+        stats = getattr(self.encoder, "last_stats", None)
+        paused = None if stats is None or len(slices) > 1 else stats.paused_fraction()
+        single = len(slices) == 1  # a slice of a batch is copied, so that evicting it frees its memory
+        entries = [(embeddings if single else embedding.clone(), frame, paused)
+                   for (_, frame), embedding in zip(prepared, embeddings.split(1))]
+        for key, entry in zip(keys, entries):
+            self.cache.put((self.encoder_tag, key), entry)
+        return entries
+
+    def encode_ahead(self, keys: List[Hashable], slices: List[np.ndarray], timings: Dict[str, float]) -> int:
+        """Encode the uncached ones of `slices` (cache keys `keys`) in one encoder call and cache them; returns how
+        many it encoded (none if fewer than two are missing: the caller's own encode serves one)."""
+        todo = [(k, s) for k, s in zip(keys, slices) if (self.encoder_tag, k) not in self.cache]
+        if len(todo) < 2:
+            return 0
+        self._encode([k for k, _ in todo], [s for _, s in todo], timings)
         return len(todo)
 
     def warm_up(self) -> None:
