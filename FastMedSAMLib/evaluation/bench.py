@@ -144,19 +144,12 @@ def recipe_checkpoint(model: str, parity_dir: Path, folder: Path) -> Path:
     speed-only numbers of models whose official weights cannot be had."""
     import torch
 
-    from ..models import build_model
-    from ..models.recipe import recipe_state_dict
+    from ..models.recipe import recipe_model
     from ..weights.registry import get_spec
 
-    stem = model.replace("-", "_")
-    keys, ints = parity_dir / f"{stem}.keys.json", parity_dir / f"{stem}.int_buffers.npz"
-    if not keys.is_file() or not ints.is_file():
-        raise FastMedSAMError(f"no parity recipe for {model}: {keys} / {ints} not found")
-    state = recipe_state_dict(keys, ints)
-    build_model(model).load_state_dict(state, strict=True)  # the recipe must fit the architecture exactly
     spec = get_spec(model)
-    state = {spec.key_prefix + k: v for k, v in state.items()}
-    path = folder / f"{stem}.recipe.pth"
+    state = {spec.key_prefix + k: v for k, v in recipe_model(model, parity_dir).state_dict().items()}
+    path = folder / f"{model.replace('-', '_')}.recipe.pth"
     torch.save(state if spec.state_dict_key is None else {spec.state_dict_key: state}, path)
     return path
 

@@ -41,22 +41,18 @@ def _timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmups: i
 
 
 def _load(model: str, device: torch.device, parity_dir: Optional[Path]) -> Tuple[Any, str]:
-    from ..models import build_model, load_model
-    from ..models.recipe import recipe_state_dict
+    from ..models import load_model
+    from ..models.recipe import recipe_model
     from ..weights.store import cache_state
 
     if cache_state(model) == "verified":
         return load_model(model, device), "official"
     if parity_dir is None:
         raise FileNotFoundError(f"{model}: weights not cached and no parity folder for the recipe weights")
-    stem = model.replace("-", "_")
-    net = build_model(model)
-    net.load_state_dict(recipe_state_dict(parity_dir / f"{stem}.keys.json", parity_dir / f"{stem}.int_buffers.npz",
-                                          gain=True), strict=True)
-    return net.to(device).eval(), "recipe (gain)"
+    return recipe_model(model, parity_dir, gain=True).to(device), "recipe (gain)"
 
 
-def _inputs(net: Any, model: str, device: torch.device) -> Tuple[torch.Tensor, Dict[str, Any], int]:
+def _inputs(model: str, device: torch.device) -> Tuple[torch.Tensor, Dict[str, Any], int]:
     """A seeded input of the model's size, its prompt keyword arguments, and the 2D frame (0 for 3D)."""
     from ..weights.registry import get_spec
 
@@ -109,7 +105,7 @@ def bench_forward(models: Sequence[str], *, device: str = "auto", precisions: Se
     rows: List[Dict[str, Any]] = []
     for model in models:
         net, weights = _load(model, target, parity_dir)
-        image, prompt, frame = _inputs(net, model, target)
+        image, prompt, frame = _inputs(model, target)
         reference = net.encode(image)
         decode_ms, (reference_logits, _) = _timed(lambda: net.decode(reference, **prompt), target, repeats, warmups)
         graph_ms = None

@@ -140,17 +140,11 @@ def installed_point_model() -> Optional[str]:
 
 def load_point_model(model: str, weights: WeightsArg, device: torch.device, parity_dir: Path) -> SamModel:
     """`weights`: "official" (the verified cached checkpoint), "recipe" (parity recipe weights) or a checkpoint."""
-    from ..models import build_model, load_model
-    from ..models.recipe import recipe_state_dict
+    from ..models import load_model
+    from ..models.recipe import recipe_model
 
     if weights == "recipe":
-        stem = model.replace("-", "_")
-        keys, ints = parity_dir / f"{stem}.keys.json", parity_dir / f"{stem}.int_buffers.npz"
-        if not keys.is_file() or not ints.is_file():
-            raise FastMedSAMError(f"no parity recipe for {model}: {keys} / {ints} not found")
-        net = build_model(model)
-        net.load_state_dict(recipe_state_dict(keys, ints, gain=RECIPE_VARIANT == "gain"), strict=True)
-        return net.to(device).eval()
+        return recipe_model(model, parity_dir, gain=RECIPE_VARIANT == "gain").to(device)
     return load_model(model, device, None if weights == "official" else Path(weights))
 
 

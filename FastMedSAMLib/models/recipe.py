@@ -67,6 +67,22 @@ def recipe_state_dict(keys_json: PathLike, int_buffers: PathLike, gain: bool = F
     return state
 
 
+def recipe_model(name: str, parity_dir: PathLike, gain: bool = False) -> torch.nn.Module:
+    """Registry model `name` holding its parity-recipe weights (strictly loaded, eval mode, on the CPU), from the
+    fixture's `<name with _>.keys.json` and `.int_buffers.npz` in `parity_dir`: speed figures and device checks of
+    models whose official weights cannot be had."""
+    from ..errors import FastMedSAMError
+    from . import build_model
+
+    stem = name.replace("-", "_")
+    keys, ints = Path(parity_dir) / f"{stem}.keys.json", Path(parity_dir) / f"{stem}.int_buffers.npz"
+    if not keys.is_file() or not ints.is_file():
+        raise FastMedSAMError(f"no parity recipe for {name}: {keys} / {ints} not found")
+    net = build_model(name)
+    net.load_state_dict(recipe_state_dict(keys, ints, gain), strict=True)
+    return net.eval()
+
+
 def recipe_checksum(state: Mapping[str, torch.Tensor]) -> Tuple[float, float]:
     """[sum, abs-sum] in float64 over all floating tensors (the fixtures' `recipe_checksum`)."""
     total = 0.0

@@ -99,14 +99,9 @@ def test_token_pausing_runs_on_the_gpu(lesion):
 
 @pytest.mark.parametrize("model", ["fastsam3d", "sam-med3d-turbo"])
 def test_3d_point_model_computes_the_cpu_logits(parity_dir, model):
-    from FastMedSAMLib.models import build_model
-    from FastMedSAMLib.models.recipe import recipe_state_dict
+    from FastMedSAMLib.models.recipe import recipe_model
 
-    stem = model.replace("-", "_")
-    net = build_model(model)
-    net.load_state_dict(recipe_state_dict(parity_dir / f"{stem}.keys.json", parity_dir / f"{stem}.int_buffers.npz",
-                                          gain=True))
-    net.eval()
+    net = recipe_model(model, parity_dir, gain=True)
     image = torch.randn(1, 1, 128, 128, 128, generator=torch.Generator().manual_seed(0))
     points = (torch.tensor([[[64.0, 60.0, 70.0]]]), torch.ones(1, 1, dtype=torch.int64))
     expected = net.decode(net.encode(image), points=points)[0]
