@@ -19,10 +19,11 @@ from ..engines.slice_engine import SliceEngine, SliceResult, VolumeResult, frame
 from ..evaluation.metrics import dice
 from ..models.base import Frame
 from ..prompts import Box, Box3D, Point
+from ..runtime.device import synchronize
 from ..timing import ms_since
 from .data import to_frame
 from .focus import FOCUS, FOCUS_3D, local_edit
-from .prompting import mask_prompt, run_decoder
+from .prompting import mask_prompt
 
 DIES_OUT_DICE = 0.97  # a re-propagated slice this close to the previous result ends the correction's spread
 
@@ -52,9 +53,8 @@ class RefineEngine:
         timings: Dict[str, float],
     ) -> Tuple[np.ndarray, float]:
         device = self.slices.device
-        net = self.slices.net
         start = time.perf_counter()
-        boxes = None if frame_box is None else torch.as_tensor(frame_box, dtype=torch.float32, device=device).reshape(1, 4)
+        boxes = None if frame_box is None else torch.as_tensor(frame_box, dtype=torch.float32, device=device).reshape(1, 1, 4)
         prompt_points = None
         if points:
             coords, labels = _frame_points(points, frame)
@@ -62,8 +62,9 @@ class RefineEngine:
         masks = None
         if previous is not None:
             masks = mask_prompt(torch.from_numpy(to_frame(previous, frame))[None]).to(device)
-        with torch.inference_mode():
-            low_res, iou = run_decoder(net.prompt_encoder, net.mask_decoder, embedding, boxes, prompt_points, masks)
+        with torch.inference_mode():  # the runtime's decoder (the prepared one unless torch-exact)
+            low_res, iou = self.slices.decoder(embedding, points=prompt_points, boxes=boxes, masks=masks)
+        synchronize(device)
         timings["decode"] += ms_since(start)
         start = time.perf_counter()
         mask = self.slices.adapter.postprocess(low_res, frame)
