@@ -19,6 +19,9 @@ convolution, channels-last, and conv + GELU (and the MLP's fc1 + GELU) fused int
 torch build has it. Measured on one thread of the 2-core machine: the plain stem + MBConv stage + first merge take
 ~470 ms of a ~1.8 s encoder (slow im2col 1x1 convs, bias copies, separate GELUs over 256x256x256 maps), the fused
 path ~220 ms; the whole encoder with nothing paused ~1.0 s vs ~1.7 s. Same function up to float rounding (~4e-6).
+On CPU the MBConvs and merges then run in stripes of output rows and the token MLPs in blocks of tokens, so that
+their wide intermediates stay in cache (see STRIPE_ROWS): bit-identical to the whole-map computation, the MBConv
+stage 2.3x and the encoder ~1.2x faster again (2 threads: ~730 -> ~620 ms).
 """
 from __future__ import annotations
 
@@ -68,39 +71,75 @@ class FoldedConv(nn.Module):
         self.stride, self.padding, self.groups = list(conv.stride), list(conv.padding), conv.groups
         self.gelu = gelu
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _CONV_POINTWISE is not None and x.is_cpu and not _needs_grad(x):
+    def forward(self, x: torch.Tensor, padding: Optional[List[int]] = None) -> torch.Tensor:
+        """`padding` (rows, columns) overrides the convolution's own (a stripe padded by its caller)."""
+        padding = self.padding if padding is None else padding
+        if _fused_cpu(x):
             attr = "gelu" if self.gelu else "none"
-            return _CONV_POINTWISE(x, self.weight, self.bias, self.padding, self.stride, [1, 1], self.groups, attr,
+            return _CONV_POINTWISE(x, self.weight, self.bias, padding, self.stride, [1, 1], self.groups, attr,
                                    [], "none" if self.gelu else "")
-        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, padding, 1, self.groups)
         return F.gelu(y) if self.gelu else y
 
 
+def _fused_cpu(x: torch.Tensor) -> bool:
+    return _CONV_POINTWISE is not None and x.is_cpu and not _needs_grad(x)
+
+
+# Row blocks on the CPU: the wide intermediates (an MBConv's 256 channels at 256x256 = 64 MB, an MLP's 4x hidden
+# width) made whole cost more in memory traffic than in arithmetic; in blocks that stay in cache the MBConv stage
+# ran 2.3x and the encoder ~1.2x faster on the 2-core machine, with bit-identical results (tested).
+STRIPE_ROWS = 8  # output rows of an MBConv / merge per stripe
+MLP_ROWS = 1024  # tokens per block of a token MLP
+
+
 def mlp_forward(mlp: TokenMLP, x: torch.Tensor) -> torch.Tensor:
-    """TinyViT's token MLP (norm -> fc1 -> GELU -> fc2) with fc1 and the GELU fused on CPU where available."""
-    x = mlp.norm(x)
-    if _LINEAR_POINTWISE is not None and x.is_cpu and not _needs_grad(x):
-        hidden = _LINEAR_POINTWISE(x, mlp.fc1.weight, mlp.fc1.bias, "gelu", [], "none")
-    else:
-        hidden = mlp.act(mlp.fc1(x))
-    return mlp.fc2(hidden)
+    """TinyViT's token MLP (norm -> fc1 -> GELU -> fc2), per token: on CPU fc1 and the GELU fused, in blocks of
+    MLP_ROWS tokens."""
+    if _LINEAR_POINTWISE is None or not x.is_cpu or _needs_grad(x):
+        return mlp.fc2(mlp.act(mlp.fc1(mlp.norm(x))))
+    out = x.new_empty(x.shape[0], mlp.fc2.out_features)
+    for start in range(0, x.shape[0], MLP_ROWS):
+        rows = mlp.norm(x[start:start + MLP_ROWS])
+        hidden = _LINEAR_POINTWISE(rows, mlp.fc1.weight, mlp.fc1.bias, "gelu", [], "none")
+        out[start:start + MLP_ROWS] = mlp.fc2(hidden)
+    return out
 
 
 class FoldedTriple(nn.Module):
-    """TinyViT's conv1 -> GELU -> conv2 -> GELU -> conv3 units, folded: an MBConv (`residual`: GELU(x + ...)) or
-    a PatchMerging (no residual)."""
+    """TinyViT's conv1 (1x1) -> GELU -> conv2 (3x3, pad 1, stride 1 or 2) -> GELU -> conv3 (1x1) units, folded: an
+    MBConv (`residual`: GELU(x + ...)) or a PatchMerging (no residual). On CPU in stripes of output rows."""
 
     def __init__(self, block: Union[MBConv, PatchMerging], residual: bool) -> None:
         super().__init__()
         self.conv1 = FoldedConv(block.conv1, gelu=True)
         self.conv2 = FoldedConv(block.conv2, gelu=True)
         self.conv3 = FoldedConv(block.conv3)
+        if self.conv2.weight.shape[2:] != (3, 3) or self.conv2.padding != [1, 1] or self.conv1.weight.shape[2:] != (1, 1):
+            raise ValueError("FoldedTriple expects 1x1 -> 3x3 (padding 1) -> 1x1 convolutions")
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv3(self.conv2(self.conv1(x)))
-        return F.gelu(x + y) if self.residual else y
+        if not _fused_cpu(x):
+            y = self.conv3(self.conv2(self.conv1(x)))
+            return F.gelu(x + y) if self.residual else y
+        height, stride = x.shape[2], self.conv2.stride[0]
+        out_height = (height - 1) // stride + 1
+        out = None
+        for top in range(0, out_height, STRIPE_ROWS):
+            bottom = min(top + STRIPE_ROWS, out_height)
+            first, last = top * stride - 1, (bottom - 1) * stride + 2  # conv2's input rows [first, last)
+            hidden = self.conv1(x[:, :, max(first, 0):min(last, height)])
+            pad = (max(0, -first), max(0, last - height))
+            if any(pad):  # the zero rows conv2's own padding adds at the image's top and bottom
+                hidden = F.pad(hidden, (0, 0, *pad)).contiguous(memory_format=torch.channels_last)
+            y = self.conv3(self.conv2(hidden, padding=[0, 1]))
+            if self.residual:
+                y = F.gelu(x[:, :, top:bottom] + y)
+            if out is None:
+                out = y.new_empty(y.shape[0], y.shape[1], out_height, y.shape[3]).contiguous(memory_format=torch.channels_last)
+            out[:, :, top:bottom] = y
+        return out
 
 
 @dataclass(frozen=True)

@@ -228,3 +228,21 @@ def test_pause_still_works_on_every_runtime(cases, reference):
         assert dice(session.predict(box=box).mask, reference[0][1]) >= 0.995
 
 
+
+
+def test_fused_encoder_row_blocks_change_nothing(cases, monkeypatch):
+    """The fused encoder's CPU row blocks (MBConv / merge stripes with their halo rows, token-MLP blocks) give the
+    whole-map computation's embedding bit for bit on a real slice."""
+    from FastMedSAMLib.pause import tinyvit_paused
+    from FastMedSAMLib.runtime.fused import FusedEncoder
+
+    session = Session("litemedsam", "cpu", runtime="torch-exact")
+    image, box = cases[1]
+    session.set_image(image)
+    tensor, _ = session._engine.adapter.preprocess(np.repeat(session._u8[box.z][:, :, None], 3, axis=2))
+    encoder = FusedEncoder(session.net.image_encoder)
+    blocked = encoder(tensor)
+    monkeypatch.setattr(tinyvit_paused, "STRIPE_ROWS", 10**6)
+    monkeypatch.setattr(tinyvit_paused, "MLP_ROWS", 10**9)
+    assert torch.equal(encoder(tensor), blocked)
+    assert float((session.net.encode(tensor) - blocked).abs().max()) < 1e-3
