@@ -3,9 +3,10 @@
 * "torch-exact": the eager modules, bit-exact to the reference code (parity tests and reference comparisons).
 * "torch": the folded/fused encoder (LiteMedSAM's TinyViT; other families keep their eager encoder) and the
   prepared decoder (image-side work once per embedding, only the mask that is used).
-* "onnxruntime": the image encoder exported to ONNX (`fastmedsam export-onnx MODEL`, cached and sha256-checked,
-  see `onnx_cache`), run by ONNX Runtime with every graph optimisation; the prepared torch decoder.
-* "onnxruntime-int8": the same export with dynamic int8 quantisation of the matrix products.
+* "onnxruntime": the image encoder and the prepared decoder's single-mask core exported to ONNX (`fastmedsam
+  export-onnx MODEL`, cached and sha256-checked, see `onnx_cache`), run by ONNX Runtime with every graph
+  optimisation (the prompt encoder and multimask requests stay in torch).
+* "onnxruntime-int8": the same, the encoder's export with dynamic int8 quantisation of the matrix products.
 * "torch-fp16": the eager encoder under float16 autocast, float32 decoder (GPU only: see `half`).
 
 The defaults were chosen by measurement (README, *Runtimes*), per device: the fastest runtime whose masks agree
@@ -72,20 +73,28 @@ def build_runtime(name: str, net: Any, model: str, device: Any, *, frame: int, w
     batch = GPU_ENCODE_BATCH if device.type == "cuda" else 1  # the eager encoders take a batch at once
     if name == "torch-exact":
         return Runtime(name, net.encode, net.decode, None, batch=batch)
+    if name.startswith("onnxruntime"):
+        return _onnx_runtime(name, net, model, device, frame, weights)
     decoder = PreparedDecoder(net)
     if name == "torch-fp16":
         from .half import AutocastEncoder
 
         return Runtime(name, AutocastEncoder(net.encode, device.type), decoder, ("runtime", name), batch=batch)
-    if name == "torch":
-        if fusable(net.image_encoder):
-            return Runtime(name, FusedEncoder(net.image_encoder), decoder, ("runtime", name), fused=True)
-        return Runtime(name, net.encode, decoder, None)
-    from .onnx_cache import encoder_onnx
-    from .ort import OrtEncoder
+    if fusable(net.image_encoder):
+        return Runtime(name, FusedEncoder(net.image_encoder), decoder, ("runtime", name), fused=True)
+    return Runtime(name, net.encode, decoder, None)
 
-    path = encoder_onnx(net.image_encoder, model, weights_sha256(model, weights), frame, int8=name.endswith("int8"))
-    return Runtime(name, OrtEncoder(path, device), decoder, ("runtime", name), fused=True)
+
+def _onnx_runtime(name: str, net: Any, model: str, device: Any, frame: int, weights: Optional[Path]) -> Runtime:
+    """ONNX Runtime encoder (float32 or int8) + the prepared decoder with its single-mask core in ONNX (float32)."""
+    from .decoder import DecoderCore, PreparedDecoder
+    from .onnx_cache import decoder_onnx, encoder_onnx
+    from .ort import OrtDecoderCore, OrtEncoder
+
+    sha = weights_sha256(model, weights)
+    encoder = OrtEncoder(encoder_onnx(net.image_encoder, model, sha, frame, int8=name.endswith("int8")), device)
+    core = OrtDecoderCore(decoder_onnx(DecoderCore(net, multimask=False), model, sha), device)
+    return Runtime(name, encoder, PreparedDecoder(net, single=core), ("runtime", name), fused=True)
 
 
 __all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "GPU_DEFAULT_RUNTIME", "default_runtime", "Runtime", "build_runtime", "validate_runtime", "weights_sha256"]

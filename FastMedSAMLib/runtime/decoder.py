@@ -16,8 +16,10 @@ rearrangements remove most of it:
   4x4 blocks in place.
 
 What depends only on the image (its tokens plus the no-mask embedding, and with the positional encoding) is kept for
-the few most recent embeddings. Results equal `SamModel.decode` up to float rounding (tested on real slices with
-boxes, clicks, mask prompts and multimask output). Batches of embeddings take the plain decoder.
+the few most recent embeddings. `DecoderCore` is everything after the prompt encoder as a plain function of tensors,
+so the onnxruntime runtimes run its ONNX export. Results equal `SamModel.decode` up to float rounding (tested on
+real slices with boxes, clicks, mask prompts and multimask output, torch and ONNX). Batches of embeddings take the
+plain decoder.
 """
 from __future__ import annotations
 
@@ -25,10 +27,11 @@ import math
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..models.base import SamModel
 from ..models.mask_decoder import Attention
@@ -86,14 +89,14 @@ def image_update(layer: Any, keys: torch.Tensor, keys_pe: torch.Tensor, queries:
     values = v @ out_weight.transpose(1, 2)  # (H, T, C): values through out_proj
     # each head's weights sum to 1 over T, so out_proj's bias, split evenly over the heads, rides on the values
     values = (values + attn.out_proj.bias / heads).reshape(heads * count, -1)
-    new_keys, new_keys_pe = torch.empty_like(keys), torch.empty_like(keys)
+    new_keys, new_keys_pe = [], []
     for rows in _blocks(keys.shape[0]):
         # (H, T, n): the softmax runs over T along dim 1 (over a short last dim it is 15x slower)
         weights = torch.softmax(torch.addmm(offset, g, keys_pe[rows].T).view(heads, count, -1), dim=1)
         block = layer.norm4(torch.addmm(keys[rows], weights.view(heads * count, -1).T, values))
-        new_keys[rows] = block
-        torch.add(block, key_pe[rows], out=new_keys_pe[rows])
-    return new_keys, new_keys_pe
+        new_keys.append(block)
+        new_keys_pe.append(block + key_pe[rows])
+    return torch.cat(new_keys), torch.cat(new_keys_pe)
 
 
 def _blocks(count: int) -> List[slice]:
@@ -115,16 +118,18 @@ def two_way_layer(layer: Any, queries: torch.Tensor, keys: torch.Tensor, keys_pe
     return (queries, *image_update(layer, keys, keys_pe, queries, tokens, key_pe))
 
 
-class BlockUpscaling:
+class BlockUpscaling(nn.Module):
     """`MaskDecoder.output_upscaling` followed by the hypernetwork product, on pixel rows.
 
     ConvTranspose2d(k=2, s=2) sends input pixel (i, j) to output block (2i + a, 2j + b): one (C_in, 4 * C_out)
     matrix product per pixel row. The rows stay in (pixel, a, b, a2, b2) order until the masks are formed."""
 
     def __init__(self, upscaling: torch.nn.Sequential) -> None:
+        super().__init__()
         conv1, self.norm, self.act1, conv2, self.act2 = upscaling
-        self.w1, self.b1 = self._as_matrix(conv1)
-        self.w2, self.b2 = self._as_matrix(conv2)
+        for name, tensor in zip(("w1", "b1", "w2", "b2"), (*self._as_matrix(conv1), *self._as_matrix(conv2))):
+            self.register_buffer(name, tensor.clone())
+        self.mid, self.out = int(conv1.weight.shape[1]), int(conv2.weight.shape[1])  # C/4, C/8 (plain ints: export)
 
     @staticmethod
     def _as_matrix(conv: torch.nn.ConvTranspose2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -133,30 +138,66 @@ class BlockUpscaling:
         c_in, c_out = conv.weight.shape[:2]
         return conv.weight.detach().permute(0, 2, 3, 1).reshape(c_in, 4 * c_out), conv.bias.detach().repeat(4)
 
-    def __call__(self, keys: torch.Tensor, hyper: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, keys: torch.Tensor, hyper: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """(N, C) image tokens on an (h, w) grid, (M, C // 8) hypernetwork outputs -> (M, 4h, 4w) mask logits."""
         h, w = grid
-        masks = keys.new_empty(keys.shape[0] * 16, hyper.shape[0])
+        masks = []
         for block in _blocks(keys.shape[0]):  # in blocks of pixels that stay in cache (2x faster than whole)
-            rows = torch.addmm(self.b1, keys[block], self.w1).view(-1, self.w2.shape[0])  # (n*4, C/4)
-            rows = self.act1(F.layer_norm(rows, rows.shape[1:], self.norm.weight, self.norm.bias, self.norm.eps))
-            rows = self.act2(torch.addmm(self.b2, rows, self.w2)).view(-1, hyper.shape[1])  # (n*16, C/8)
-            torch.mm(rows, hyper.T, out=masks[block.start * 16:block.stop * 16])
-        masks = masks.view(h, w, 2, 2, 2, 2, -1)  # (i, j, a, b, a2, b2, M)
+            rows = torch.addmm(self.b1, keys[block], self.w1).view(-1, self.mid)  # (n*4, C/4)
+            rows = self.act1(F.layer_norm(rows, (self.mid,), self.norm.weight, self.norm.bias, self.norm.eps))
+            rows = self.act2(torch.addmm(self.b2, rows, self.w2)).view(-1, self.out)  # (n*16, C/8)
+            masks.append(rows @ hyper.T)
+        masks = torch.cat(masks).view(h, w, 2, 2, 2, 2, -1)  # (i, j, a, b, a2, b2, M)
         return masks.permute(6, 0, 2, 4, 1, 3, 5).reshape(-1, 4 * h, 4 * w)
 
 
-class PreparedDecoder:
-    """Callable like `SamModel.decode`: (embedding, points=, boxes=, masks=, multimask_output=) -> (logits, iou)."""
+class DecoderCore(nn.Module):
+    """The decoder after the prompt encoder, for one embedding: (image tokens (N, C), the same + positional encoding,
+    sparse prompt tokens (S, C)) -> (mask logits (M, 4h, 4w), IoU predictions (M,)) for the single mask (M = 1) or
+    the three multimask outputs. A plain function of its inputs, so it also exports to ONNX (`onnx_cache`)."""
 
-    def __init__(self, net: SamModel) -> None:
-        self.net = net
+    def __init__(self, net: SamModel, multimask: bool) -> None:
+        super().__init__()
         decoder = net.mask_decoder
         if not decoder.transformer.layers[0].skip_first_layer_pe:
-            raise ValueError("PreparedDecoder expects SAM's two-way transformer (first layer without query PE)")
+            raise ValueError("the prepared decoder expects SAM's two-way transformer (first layer without query PE)")
+        self.decoder = decoder
         with torch.inference_mode():
-            self.key_pe = net.prompt_encoder.get_dense_pe().flatten(2)[0].T.contiguous()  # (N, C)
+            pe = net.prompt_encoder.get_dense_pe()
+        self.grid = (int(pe.shape[2]), int(pe.shape[3]))
+        self.register_buffer("key_pe", pe.flatten(2)[0].T.contiguous().clone())  # (N, C)
+        self.chosen = list(range(2, 1 + decoder.num_mask_tokens)) if multimask else [1]  # token rows answered
         self.upscaling = BlockUpscaling(decoder.output_upscaling)
+
+    def forward(self, keys: torch.Tensor, keys_pe: torch.Tensor, sparse: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        decoder = self.decoder
+        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, sparse], dim=0)  # (T, C)
+        queries = tokens
+        for layer in decoder.transformer.layers:
+            queries, keys, keys_pe = two_way_layer(layer, queries, keys, keys_pe, tokens, self.key_pe)
+        read = [0, *self.chosen]  # the IoU token and the answered mask tokens: all the final attention feeds
+        final = decoder.transformer.final_attn_token_to_image
+        queries = queries[read]
+        queries = decoder.transformer.norm_final_attn(queries + token_to_image(final, queries + tokens[read], keys_pe, keys))
+        hyper = torch.stack([decoder.output_hypernetworks_mlps[t - 1](queries[i + 1]) for i, t in enumerate(self.chosen)])
+        iou = decoder.iou_prediction_head(queries[0])[[t - 1 for t in self.chosen]]
+        return self.upscaling(keys, hyper, self.grid), iou
+
+
+CoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+class PreparedDecoder:
+    """Callable like `SamModel.decode`: (embedding, points=, boxes=, masks=, multimask_output=) -> (logits, iou).
+
+    `single`: what runs the single-mask core (default the torch `DecoderCore`; the onnxruntime runtimes pass its
+    ONNX export); multimask requests always take the torch core."""
+
+    def __init__(self, net: SamModel, single: Optional[CoreFn] = None) -> None:
+        self.net = net
+        self.cores: Dict[bool, CoreFn] = {True: DecoderCore(net, multimask=True).eval()}
+        self.cores[False] = single if single is not None else DecoderCore(net, multimask=False).eval()
+        self.key_pe = self.cores[True].key_pe
         self._recent: "OrderedDict[int, Tuple[Any, ImageSide]]" = OrderedDict()
 
     def _image_tokens(self, embedding: torch.Tensor, dense: torch.Tensor) -> ImageSide:
@@ -186,20 +227,7 @@ class PreparedDecoder:
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         if embedding.shape[0] != 1:
             return self.net.decode(embedding, points=points, boxes=boxes, masks=masks, multimask_output=multimask_output)
-        decoder = self.net.mask_decoder
         sparse, dense = self.net.prompt_encoder(points=points, boxes=boxes, masks=masks)
         side = self.image_side(embedding) if masks is None else self._image_tokens(embedding, dense)
-        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, sparse[0]], dim=0)  # (T, C)
-        queries, keys, keys_pe = tokens, side.keys, side.keys_pe
-        for layer in decoder.transformer.layers:
-            queries, keys, keys_pe = two_way_layer(layer, queries, keys, keys_pe, tokens, self.key_pe)
-        chosen = range(2, 1 + decoder.num_mask_tokens) if multimask_output else range(1, 2)
-        read = [0, *chosen]  # the IoU token and the mask tokens answered: the only outputs the final attention feeds
-        final = decoder.transformer.final_attn_token_to_image
-        queries = queries[read]
-        queries = decoder.transformer.norm_final_attn(queries + token_to_image(final, queries + tokens[read], keys_pe, keys))
-        hyper = torch.stack([decoder.output_hypernetworks_mlps[t - 1](queries[i + 1]) for i, t in enumerate(chosen)])
-        grid = tuple(embedding.shape[2:])
-        low_res = self.upscaling(keys, hyper, grid)[None]
-        iou = decoder.iou_prediction_head(queries[0])[[t - 1 for t in chosen]][None]
-        return low_res, iou
+        low_res, iou = self.cores[multimask_output](side.keys, side.keys_pe, sparse[0])
+        return low_res[None], iou[None]

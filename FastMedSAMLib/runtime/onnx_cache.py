@@ -1,7 +1,8 @@
 """ONNX exports of a model's image encoder, kept in the user cache and never trusted blindly.
 
 Folder: `<cache>/onnx/<model>-<weights sha256[:16]>-torch<v>-onnx<v>-ort<v>-opset<N>/` holding `encoder.onnx`
-(float32) and, on demand, `encoder.int8.onnx` (dynamic int8 quantisation of the MatMul/Gemm weights). A new
+(float32), on demand `encoder.int8.onnx` (dynamic int8 quantisation of the MatMul/Gemm weights), and
+`decoder.onnx` (the prepared decoder's single-mask core, float32, any number of prompt tokens). A new
 weights file or tool version gets a new folder (a stale export is never found). Each file has a `.sha256`
 sidecar written after the file is complete; a file whose sidecar is missing or whose content does not hash to it
 (tampered, truncated by a crash) is rebuilt, never loaded.
@@ -94,3 +95,28 @@ def encoder_onnx(encoder: torch.nn.Module, model: str, weights_sha256: str, size
     if not is_valid(quantized):
         _build(quantized, lambda tmp: quantize_int8(fp32, tmp))
     return quantized
+
+
+def export_decoder(core: torch.nn.Module, out: Path) -> None:
+    """TorchScript-based ONNX export of a single-mask `DecoderCore` (runtime/decoder.py); the number of sparse
+    prompt tokens stays dynamic (a box, clicks, or both)."""
+    cpu = core.to("cpu").eval()
+    tokens, channels = cpu.key_pe.shape
+    keys = torch.zeros(tokens, channels)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(cpu, (keys, keys, torch.zeros(2, channels)), str(out), dynamo=False, opset_version=OPSET,
+                          input_names=["keys", "keys_pe", "sparse"], output_names=["masks", "iou"],
+                          dynamic_axes={"sparse": {0: "prompt_tokens"}})
+
+
+def decoder_onnx(core: torch.nn.Module, model: str, weights_sha256: str, folder: Optional[Path] = None) -> Path:
+    """A verified ONNX file of the single-mask decoder core (exported now if missing, stale or tampered)."""
+    path = (folder or export_dir(model, weights_sha256)) / "decoder.onnx"
+    if not is_valid(path):
+        device = core.key_pe.device
+        try:
+            _build(path, lambda tmp: export_decoder(core, tmp))
+        finally:
+            core.to(device)
+    return path

@@ -16,9 +16,10 @@ from FastMedSAMLib.errors import RuntimeChoiceError
 from FastMedSAMLib.evaluation.metrics import dice
 from FastMedSAMLib.io.images import read_image, read_label
 from FastMedSAMLib.runtime import DEFAULT_RUNTIME, GPU_ONLY, RUNTIMES
-from FastMedSAMLib.runtime.decoder import PreparedDecoder
+from FastMedSAMLib.runtime.decoder import DecoderCore, PreparedDecoder
 from FastMedSAMLib.runtime.half import AutocastEncoder
-from FastMedSAMLib.runtime.onnx_cache import encoder_onnx, export_dir, is_valid
+from FastMedSAMLib.runtime.onnx_cache import decoder_onnx, encoder_onnx, export_dir, is_valid
+from FastMedSAMLib.runtime.ort import OrtDecoderCore
 
 # Mean Dice with torch-exact each runtime must reach on the real slices. int8 measured 0.91 here (small lesions lose
 # their edges; README, *Runtimes*): opt-in only, never the default; its bound guards against a broken export.
@@ -102,15 +103,34 @@ def _prompt(spec):
     return kwargs
 
 
+@pytest.fixture(scope="module")
+def exact_net():
+    return Session("litemedsam", "cpu", runtime="torch-exact").net
+
+
+@pytest.fixture(scope="module")
+def onnx_core(exact_net, tmp_path_factory):
+    """The single-mask decoder core exported to ONNX (a tampered export is rebuilt, never run)."""
+    folder = tmp_path_factory.mktemp("onnx")
+    path = decoder_onnx(DecoderCore(exact_net, multimask=False), "litemedsam", "0" * 64, folder=folder)
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    assert not is_valid(path)
+    assert decoder_onnx(DecoderCore(exact_net, multimask=False), "litemedsam", "0" * 64, folder=folder) == path
+    assert is_valid(path)
+    return OrtDecoderCore(path, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("core", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_prepared_decoder_is_the_plain_decoder(prompt, cases, reference):
+def test_prepared_decoder_is_the_plain_decoder(prompt, core, cases, reference, exact_net, request):
     """Boxes, clicks, mask prompts and multimask output on real embeddings: the rearranged decoder (attention
-    through the token side, matrix-product upscaling) gives the plain decoder's logits up to float rounding."""
-    session = Session("litemedsam", "cpu", runtime="torch-exact")
-    prepared = PreparedDecoder(session.net)
+    through the token side, matrix-product upscaling), run by torch or as its ONNX export, gives the plain
+    decoder's logits up to float rounding."""
+    prepared = PreparedDecoder(exact_net, single=request.getfixturevalue("onnx_core") if core == "onnxruntime" else None)
     kwargs = _prompt(PROMPTS[prompt])
     for embedding in reference[1]:
-        plain = session.net.decode(embedding, **kwargs)
+        plain = exact_net.decode(embedding, **kwargs)
         for _ in range(2):  # the second call reuses the embedding's image side
             fast = prepared(embedding, **kwargs)
             assert fast[0].shape == plain[0].shape and fast[1].shape == plain[1].shape
