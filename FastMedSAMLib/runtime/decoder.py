@@ -37,7 +37,7 @@ from ..models.base import SamModel
 from ..models.mask_decoder import Attention
 
 RECENT = 4  # embeddings whose image side is kept (the viewed slice and its neighbours)
-ROWS = 1024  # image tokens per block of the row-wise work: blocks that fit in cache run about twice as fast
+ROWS = 1024  # image tokens per block of the row-wise work on a CPU: blocks that fit in cache run about twice as fast
 
 
 @dataclass
@@ -90,7 +90,7 @@ def image_update(layer: Any, keys: torch.Tensor, keys_pe: torch.Tensor, queries:
     # each head's weights sum to 1 over T, so out_proj's bias, split evenly over the heads, rides on the values
     values = (values + attn.out_proj.bias / heads).reshape(heads * count, -1)
     new_keys, new_keys_pe = [], []
-    for rows in _blocks(keys.shape[0]):
+    for rows in _blocks(keys):
         # (H, T, n): the softmax runs over T along dim 1 (over a short last dim it is 15x slower)
         weights = torch.softmax(torch.addmm(offset, g, keys_pe[rows].T).view(heads, count, -1), dim=1)
         block = layer.norm4(torch.addmm(keys[rows], weights.view(heads * count, -1).T, values))
@@ -99,8 +99,11 @@ def image_update(layer: Any, keys: torch.Tensor, keys_pe: torch.Tensor, queries:
     return torch.cat(new_keys), torch.cat(new_keys_pe)
 
 
-def _blocks(count: int) -> List[slice]:
-    return [slice(i, min(i + ROWS, count)) for i in range(0, count, ROWS)]
+def _blocks(rows: torch.Tensor) -> List[slice]:
+    """Row blocks of `rows`: ROWS at a time on a CPU; one block elsewhere (a GPU pays per kernel launch)."""
+    count = rows.shape[0]
+    step = ROWS if rows.device.type == "cpu" else count
+    return [slice(i, min(i + step, count)) for i in range(0, count, step)]
 
 
 def two_way_layer(layer: Any, queries: torch.Tensor, keys: torch.Tensor, keys_pe: torch.Tensor, tokens: torch.Tensor,
@@ -142,7 +145,7 @@ class BlockUpscaling(nn.Module):
         """(N, C) image tokens on an (h, w) grid, (M, C // 8) hypernetwork outputs -> (M, 4h, 4w) mask logits."""
         h, w = grid
         masks = []
-        for block in _blocks(keys.shape[0]):  # in blocks of pixels that stay in cache (2x faster than whole)
+        for block in _blocks(keys):  # in blocks of pixels that stay in cache (2x faster than whole on a CPU)
             rows = torch.addmm(self.b1, keys[block], self.w1).view(-1, self.mid)  # (n*4, C/4)
             rows = self.act1(F.layer_norm(rows, (self.mid,), self.norm.weight, self.norm.bias, self.norm.eps))
             rows = self.act2(torch.addmm(self.b2, rows, self.w2)).view(-1, self.out)  # (n*16, C/8)

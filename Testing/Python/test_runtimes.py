@@ -266,3 +266,15 @@ def test_fused_encoder_row_blocks_change_nothing(cases, monkeypatch):
     monkeypatch.setattr(tinyvit_paused, "MLP_ROWS", 10**9)
     assert torch.equal(encoder(tensor), blocked)
     assert float((session.net.encode(tensor) - blocked).abs().max()) < 1e-3
+
+
+def test_prepared_decoder_in_one_block_is_the_same(exact_net, reference, monkeypatch):
+    """A GPU runs the decoder's row-wise work as one block (launches, not cache, are its cost): same logits."""
+    from FastMedSAMLib.runtime import decoder
+
+    kwargs = _prompt(PROMPTS["box + clicks"])
+    blocked = PreparedDecoder(exact_net)(reference[1][0], **kwargs)[0]
+    monkeypatch.setattr(decoder, "ROWS", 10**9)
+    assert len(decoder._blocks(torch.zeros(4096, 1))) == 1
+    whole = PreparedDecoder(exact_net)(reference[1][0], **kwargs)[0]
+    assert float((whole - blocked).abs().max()) < 1e-4
