@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     sha = weights_sha256(args.model, args.weights)
     size = slice_adapter(args.model).size
     print(encoder_onnx(net.image_encoder, args.model, sha, size))
-    print(decoder_onnx(DecoderCore(net, multimask=False), args.model, sha))
+    print(decoder_onnx(DecoderCore(net), args.model, sha))
     if args.int8:
         print(encoder_onnx(net.image_encoder, args.model, sha, size, int8=True))
     return 0

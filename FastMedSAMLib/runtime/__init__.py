@@ -87,14 +87,15 @@ def build_runtime(name: str, net: Any, model: str, device: Any, *, frame: int, w
 
 def _onnx_runtime(name: str, net: Any, model: str, device: Any, frame: int, weights: Optional[Path]) -> Runtime:
     """ONNX Runtime encoder (float32 or int8) + the prepared decoder with its single-mask core in ONNX (float32)."""
-    from .decoder import DecoderCore, PreparedDecoder
+    from .decoder import PreparedDecoder
     from .onnx_cache import decoder_onnx, encoder_onnx
     from .ort import OrtDecoderCore, OrtEncoder
 
     sha = weights_sha256(model, weights)
     encoder = OrtEncoder(encoder_onnx(net.image_encoder, model, sha, frame, int8=name.endswith("int8")), device)
-    core = OrtDecoderCore(decoder_onnx(DecoderCore(net, multimask=False), model, sha), device)
-    return Runtime(name, encoder, PreparedDecoder(net, single=core), ("runtime", name), fused=True)
+    decoder = PreparedDecoder(net)
+    decoder.single = OrtDecoderCore(decoder_onnx(decoder.core, model, sha), device)
+    return Runtime(name, encoder, decoder, ("runtime", name), fused=True)
 
 
 __all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "GPU_DEFAULT_RUNTIME", "default_runtime", "Runtime", "build_runtime", "validate_runtime", "weights_sha256"]

@@ -27,7 +27,7 @@ import math
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,11 +48,6 @@ class ImageSide:
     keys_pe: torch.Tensor  # (N, C) the same + positional encoding
 
 
-def _split_heads(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-    """(T, D) -> (heads, T, D / heads)."""
-    return x.view(x.shape[0], attn.num_heads, -1).transpose(0, 1)
-
-
 def _head_weights(linear: torch.nn.Linear, heads: int) -> torch.Tensor:
     """An in-projection's weight (D, C) as (heads, D / heads, C)."""
     return linear.weight.view(heads, -1, linear.weight.shape[1])
@@ -62,7 +57,7 @@ def token_to_image(attn: Attention, queries: torch.Tensor, keys_pe: torch.Tensor
     """`attn(queries, keys_pe, keys)` for (T, C) queries over (N, C) image tokens, the key and value projections
     folded into the token side."""
     heads = attn.num_heads
-    q = _split_heads(attn, attn.q_proj(queries))  # (H, T, d)
+    q = attn._heads(attn.q_proj(queries)[None])[0]  # (H, T, d)
     scale = 1.0 / math.sqrt(q.shape[-1])
     g = (q @ _head_weights(attn.k_proj, heads)).reshape(-1, keys.shape[1]) * scale  # (H*T, C); k bias drops out
     weights = torch.softmax(g @ keys_pe.T, dim=-1)  # (H*T, N)
@@ -79,8 +74,8 @@ def image_update(layer: Any, keys: torch.Tensor, keys_pe: torch.Tensor, queries:
     blocks of ROWS tokens that stay in cache."""
     attn = layer.cross_attn_image_to_token
     heads = attn.num_heads
-    k = _split_heads(attn, attn.k_proj(queries + tokens))  # (H, T, d)
-    v = _split_heads(attn, attn.v_proj(queries))
+    k = attn._heads(attn.k_proj(queries + tokens)[None])[0]  # (H, T, d)
+    v = attn._heads(attn.v_proj(queries)[None])[0]
     scale = 1.0 / math.sqrt(k.shape[-1])
     count = k.shape[1]
     g = (k @ _head_weights(attn.q_proj, heads)).reshape(-1, keys_pe.shape[1]) * scale  # (H*T, C)
@@ -156,10 +151,11 @@ class BlockUpscaling(nn.Module):
 
 class DecoderCore(nn.Module):
     """The decoder after the prompt encoder, for one embedding: (image tokens (N, C), the same + positional encoding,
-    sparse prompt tokens (S, C)) -> (mask logits (M, 4h, 4w), IoU predictions (M,)) for the single mask (M = 1) or
-    the three multimask outputs. A plain function of its inputs, so it also exports to ONNX (`onnx_cache`)."""
+    sparse prompt tokens (S, C)) -> (mask logits (M, 4h, 4w), IoU predictions (M,)) for the single mask (M = 1) or,
+    with `multimask`, the three multimask outputs. A plain function of its tensors, so its single-mask form also
+    exports to ONNX (`onnx_cache`)."""
 
-    def __init__(self, net: SamModel, multimask: bool) -> None:
+    def __init__(self, net: SamModel) -> None:
         super().__init__()
         decoder = net.mask_decoder
         if not decoder.transformer.layers[0].skip_first_layer_pe:
@@ -169,21 +165,22 @@ class DecoderCore(nn.Module):
             pe = net.prompt_encoder.get_dense_pe()
         self.grid = (int(pe.shape[2]), int(pe.shape[3]))
         self.register_buffer("key_pe", pe.flatten(2)[0].T.contiguous().clone())  # (N, C)
-        self.chosen = list(range(2, 1 + decoder.num_mask_tokens)) if multimask else [1]  # token rows answered
         self.upscaling = BlockUpscaling(decoder.output_upscaling)
 
-    def forward(self, keys: torch.Tensor, keys_pe: torch.Tensor, sparse: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, keys: torch.Tensor, keys_pe: torch.Tensor, sparse: torch.Tensor,
+                multimask: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         decoder = self.decoder
+        chosen = list(range(2, 1 + decoder.num_mask_tokens)) if multimask else [1]  # token rows answered
         tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, sparse], dim=0)  # (T, C)
         queries = tokens
         for layer in decoder.transformer.layers:
             queries, keys, keys_pe = two_way_layer(layer, queries, keys, keys_pe, tokens, self.key_pe)
-        read = [0, *self.chosen]  # the IoU token and the answered mask tokens: all the final attention feeds
+        read = [0, *chosen]  # the IoU token and the answered mask tokens: all the final attention feeds
         final = decoder.transformer.final_attn_token_to_image
         queries = queries[read]
         queries = decoder.transformer.norm_final_attn(queries + token_to_image(final, queries + tokens[read], keys_pe, keys))
-        hyper = torch.stack([decoder.output_hypernetworks_mlps[t - 1](queries[i + 1]) for i, t in enumerate(self.chosen)])
-        iou = decoder.iou_prediction_head(queries[0])[[t - 1 for t in self.chosen]]
+        hyper = torch.stack([decoder.output_hypernetworks_mlps[t - 1](queries[i + 1]) for i, t in enumerate(chosen)])
+        iou = decoder.iou_prediction_head(queries[0])[[t - 1 for t in chosen]]
         return self.upscaling(keys, hyper, self.grid), iou
 
 
@@ -193,14 +190,14 @@ CoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Tuple[torch.Tensor
 class PreparedDecoder:
     """Callable like `SamModel.decode`: (embedding, points=, boxes=, masks=, multimask_output=) -> (logits, iou).
 
-    `single`: what runs the single-mask core (default the torch `DecoderCore`; the onnxruntime runtimes pass its
-    ONNX export); multimask requests always take the torch core."""
+    `single` runs the single-mask answers: the torch `core` unless replaced (the onnxruntime runtimes set it to the
+    core's ONNX export); multimask requests always take the torch core."""
 
-    def __init__(self, net: SamModel, single: Optional[CoreFn] = None) -> None:
+    def __init__(self, net: SamModel) -> None:
         self.net = net
-        self.cores: Dict[bool, CoreFn] = {True: DecoderCore(net, multimask=True).eval()}
-        self.cores[False] = single if single is not None else DecoderCore(net, multimask=False).eval()
-        self.key_pe = self.cores[True].key_pe
+        self.core = DecoderCore(net).eval()
+        self.single: CoreFn = self.core
+        self.key_pe = self.core.key_pe
         self._recent: "OrderedDict[int, Tuple[Any, ImageSide]]" = OrderedDict()
 
     def _image_tokens(self, embedding: torch.Tensor, dense: torch.Tensor) -> ImageSide:
@@ -232,5 +229,8 @@ class PreparedDecoder:
             return self.net.decode(embedding, points=points, boxes=boxes, masks=masks, multimask_output=multimask_output)
         sparse, dense = self.net.prompt_encoder(points=points, boxes=boxes, masks=masks)
         side = self.image_side(embedding) if masks is None else self._image_tokens(embedding, dense)
-        low_res, iou = self.cores[multimask_output](side.keys, side.keys_pe, sparse[0])
+        if multimask_output:
+            low_res, iou = self.core(side.keys, side.keys_pe, sparse[0], multimask=True)
+        else:
+            low_res, iou = self.single(side.keys, side.keys_pe, sparse[0])
         return low_res[None], iou[None]

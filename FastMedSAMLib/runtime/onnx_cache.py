@@ -98,7 +98,7 @@ def encoder_onnx(encoder: torch.nn.Module, model: str, weights_sha256: str, size
 
 
 def export_decoder(core: torch.nn.Module, out: Path) -> None:
-    """TorchScript-based ONNX export of a single-mask `DecoderCore` (runtime/decoder.py); the number of sparse
+    """TorchScript-based ONNX export of a `DecoderCore` (runtime/decoder.py), single-mask form; the number of sparse
     prompt tokens stays dynamic (a box, clicks, or both)."""
     cpu = core.to("cpu").eval()
     tokens, channels = cpu.key_pe.shape

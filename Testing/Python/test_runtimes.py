@@ -112,11 +112,11 @@ def exact_net():
 def onnx_core(exact_net, tmp_path_factory):
     """The single-mask decoder core exported to ONNX (a tampered export is rebuilt, never run)."""
     folder = tmp_path_factory.mktemp("onnx")
-    path = decoder_onnx(DecoderCore(exact_net, multimask=False), "litemedsam", "0" * 64, folder=folder)
+    path = decoder_onnx(DecoderCore(exact_net), "litemedsam", "0" * 64, folder=folder)
     good = path.read_bytes()
     path.write_bytes(good[: len(good) // 2])
     assert not is_valid(path)
-    assert decoder_onnx(DecoderCore(exact_net, multimask=False), "litemedsam", "0" * 64, folder=folder) == path
+    assert decoder_onnx(DecoderCore(exact_net), "litemedsam", "0" * 64, folder=folder) == path
     assert is_valid(path)
     return OrtDecoderCore(path, torch.device("cpu"))
 
@@ -127,7 +127,9 @@ def test_prepared_decoder_is_the_plain_decoder(prompt, core, cases, reference, e
     """Boxes, clicks, mask prompts and multimask output on real embeddings: the rearranged decoder (attention
     through the token side, matrix-product upscaling), run by torch or as its ONNX export, gives the plain
     decoder's logits up to float rounding."""
-    prepared = PreparedDecoder(exact_net, single=request.getfixturevalue("onnx_core") if core == "onnxruntime" else None)
+    prepared = PreparedDecoder(exact_net)
+    if core == "onnxruntime":
+        prepared.single = request.getfixturevalue("onnx_core")
     kwargs = _prompt(PROMPTS[prompt])
     for embedding in reference[1]:
         plain = exact_net.decode(embedding, **kwargs)
