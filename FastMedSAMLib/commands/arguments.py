@@ -66,9 +66,10 @@ def add_pause(p: argparse.ArgumentParser, several: bool = False) -> None:
 
 
 def add_runtime(p: argparse.ArgumentParser, several: bool = False) -> None:
-    from ..runtime import DEFAULT_RUNTIME, GPU_DEFAULT_RUNTIME, RUNTIMES
+    from ..runtime import CPU_FALLBACK_RUNTIME, DEFAULT_RUNTIME, GPU_DEFAULT_RUNTIME, RUNTIMES
 
-    default = f"the device's: {DEFAULT_RUNTIME} on a CPU, {GPU_DEFAULT_RUNTIME} on a GPU"
+    default = (f"the device's: {DEFAULT_RUNTIME} on a CPU with bf16 instructions, else {CPU_FALLBACK_RUNTIME}; "
+               f"{GPU_DEFAULT_RUNTIME} on a GPU")
     if several:
         p.add_argument("--runtimes", type=runtime_list, default=[None],
                        help=f"comma-separated runtimes side by side ({', '.join(RUNTIMES)}, or all; default {default})")

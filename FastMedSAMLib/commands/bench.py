@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="instead: prompt latency with / without background prefetch on the left-atrium MR, per runtime")
     p.add_argument("--forward", action="store_true",
                    help="instead: the networks alone (encoder, decoder, CUDA-graph decode) per encoder precision")
+    p.add_argument("--memory", action="store_true",
+                   help="instead: peak RSS of a session on a 512×512×300 CT with its embedding cache full, per runtime, "
+                        "each in a fresh process")
     p.add_argument("--agreement", action="store_true",
                    help="instead: each runtime's masks and logits against torch-exact on real 2D images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -79,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
         report = bench_forward(args.models or ["litemedsam"], device=args.device, repeats=args.repeats,
                                parity_dir=args.manifest.resolve().parent.parent / "parity")
         return emit(report, forward_markdown(report), args.out)
+    if args.memory:
+        from ..evaluation.bench_memory import bench_memory, memory_markdown
+
+        report = bench_memory(args.manifest, args.runtimes, device=args.device, threads=args.threads)
+        return emit(report, memory_markdown(report), args.out)
     if args.agreement:
         from ..evaluation.runtime_agreement import agreement_markdown, runtime_agreement
 

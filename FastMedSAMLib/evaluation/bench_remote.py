@@ -20,6 +20,7 @@ import numpy as np
 
 from ..client.remote_session import RemoteSession
 from ..prompts import Box
+from .bench_memory import tiled_ct
 
 LESION_CT = "ct_deeplesion_medsam2/CT_Lesion_000015_01_01_103-115_HU.nii.gz"
 LESION_LABEL = "ct_deeplesion_medsam2/CT_Lesion_000015_01_01_103-115_label.nii.gz"
@@ -74,8 +75,7 @@ def bench_remote(url: str, token: Optional[str], data_dir: Path, model: str = "l
 
 
 def _upload(url: str, token: Optional[str], model: str, lesion: np.ndarray) -> Dict[str, Any]:
-    reps = -(-300 // lesion.shape[0])
-    volume = np.ascontiguousarray(np.tile(lesion.astype(np.int16), (reps, 1, 1))[:300])
+    volume = tiled_ct(lesion)
     volume[0, 0, 0] = np.random.default_rng().integers(-1000, 1000)  # a digest this server has not seen
     out: Dict[str, Any] = {"shape": list(volume.shape), "dtype": "int16", "raw_mb": volume.nbytes / 2**20}
     for name in ("first", "second"):

@@ -3,6 +3,8 @@
 * "torch-exact": the eager modules, bit-exact to the reference code (parity tests and reference comparisons).
 * "torch": the folded/fused encoder (LiteMedSAM's TinyViT; other families keep their eager encoder) and the
   prepared decoder (image-side work once per embedding, only the mask that is used).
+* "torch-bf16": the same encoder, the prepared decoder in bfloat16 (only where the device has bf16 matrix
+  instructions: AVX512-BF16 or AMX CPUs, bf16 GPUs; `device.native_bf16`).
 * "onnxruntime": the image encoder and the prepared decoder's single-mask core exported to ONNX (`fastmedsam
   export-onnx MODEL`, cached and sha256-checked, see `onnx_cache`), run by ONNX Runtime with every graph
   optimisation (the prompt encoder and multimask requests stay in torch).
@@ -20,10 +22,12 @@ from typing import Any, Callable, Hashable, Optional
 
 from ..errors import RuntimeChoiceError
 
-RUNTIMES = ("torch-exact", "torch", "onnxruntime", "onnxruntime-int8", "torch-fp16")
-DEFAULT_RUNTIME = "torch"  # on a CPU
+RUNTIMES = ("torch-exact", "torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "torch-fp16")
+DEFAULT_RUNTIME = "torch-bf16"  # on a CPU with bf16 instructions
+CPU_FALLBACK_RUNTIME = "torch"  # on other CPUs
 GPU_DEFAULT_RUNTIME = "torch"  # on a CUDA GPU
 GPU_ONLY = ("torch-fp16",)
+NATIVE_BF16 = ("torch-bf16",)  # refused where bf16 would be emulated
 
 
 def validate_runtime(name: str, device: Any = None) -> str:
@@ -33,12 +37,23 @@ def validate_runtime(name: str, device: Any = None) -> str:
     if device is not None and name in GPU_ONLY and device.type != "cuda":
         raise RuntimeChoiceError(f"runtime {name!r} is for CUDA GPUs (half-precision matrix units); on {device.type} "
                                  "use 'torch' or 'onnxruntime'")
+    if device is not None and name in NATIVE_BF16 and not _native_bf16(device):
+        raise RuntimeChoiceError(f"runtime {name!r} needs bfloat16 matrix instructions (AVX512-BF16 or AMX on a CPU), "
+                                 f"which this {device.type} lacks (emulated bf16 is no faster); use 'torch'")
     return name
+
+
+def _native_bf16(device: Any) -> bool:
+    from .device import native_bf16  # torch: imported only once a device is at hand
+
+    return native_bf16(device)
 
 
 def default_runtime(device: Any) -> str:
     """The measured default for `device` (a torch.device)."""
-    return GPU_DEFAULT_RUNTIME if device.type == "cuda" else DEFAULT_RUNTIME
+    if device.type == "cuda":
+        return GPU_DEFAULT_RUNTIME
+    return DEFAULT_RUNTIME if _native_bf16(device) else CPU_FALLBACK_RUNTIME
 
 
 @dataclass
@@ -65,6 +80,8 @@ def weights_sha256(model: str, weights: Optional[Path]) -> str:
 
 def build_runtime(name: str, net: Any, model: str, device: Any, *, frame: int, weights: Optional[Path] = None) -> Runtime:
     """The runtime `name` for the loaded 2D model `net` (input frame `frame` px) on `device`."""
+    import torch
+
     from .decoder import PreparedDecoder
     from .device import GPU_ENCODE_BATCH
     from .fused import FusedEncoder, fusable
@@ -75,7 +92,7 @@ def build_runtime(name: str, net: Any, model: str, device: Any, *, frame: int, w
         return Runtime(name, net.encode, net.decode, None, batch=batch)
     if name.startswith("onnxruntime"):
         return _onnx_runtime(name, net, model, device, frame, weights)
-    decoder = PreparedDecoder(net)
+    decoder = PreparedDecoder(net, dtype=torch.bfloat16 if name == "torch-bf16" else torch.float32)
     if name == "torch-fp16":
         from .half import AutocastEncoder
 
@@ -98,4 +115,4 @@ def _onnx_runtime(name: str, net: Any, model: str, device: Any, frame: int, weig
     return Runtime(name, encoder, decoder, ("runtime", name), fused=True)
 
 
-__all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "GPU_DEFAULT_RUNTIME", "default_runtime", "Runtime", "build_runtime", "validate_runtime", "weights_sha256"]
+__all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "CPU_FALLBACK_RUNTIME", "GPU_DEFAULT_RUNTIME", "default_runtime", "Runtime", "build_runtime", "validate_runtime", "weights_sha256"]

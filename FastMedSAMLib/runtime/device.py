@@ -39,3 +39,12 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on the CPU), so that a clock read after it times that work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` does bfloat16 matrix products in hardware: a CUDA GPU that supports bf16, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere oneDNN emulates bf16 and it runs no faster than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(bool(getattr(cpu, probe, lambda: False)()) for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))

@@ -9,10 +9,27 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 REPO = Path(__file__).resolve().parents[2]
+SERVER_THREADS = 1  # OMP_NUM_THREADS of the server processes the tests start
+
+
+@contextmanager
+def as_the_server_computes() -> Iterator[None]:
+    """Run the test process's torch on the server processes' thread count, for a local Session whose masks are
+    compared with theirs bit for bit: the encoder's float sums move at the 1e-7 level with the thread count, which
+    the bf16 decoder (the default runtime on bf16 CPUs) can turn into a boundary pixel."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(SERVER_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def free_port() -> int:
@@ -68,7 +85,7 @@ class ProcessServer:
     def __init__(self, port: Optional[int] = None, env: Optional[Dict[str, str]] = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(SERVER_THREADS), **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "FastMedSAMLib.cli", "serve", "--port", str(self.port), "--device", "cpu",
              "--log-level", "warning"], env=full_env, cwd=str(REPO))

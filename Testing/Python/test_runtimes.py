@@ -15,15 +15,24 @@ from FastMedSAMLib import Box, Box3D, Session
 from FastMedSAMLib.errors import RuntimeChoiceError
 from FastMedSAMLib.evaluation.metrics import dice
 from FastMedSAMLib.io.images import read_image, read_label
-from FastMedSAMLib.runtime import DEFAULT_RUNTIME, GPU_ONLY, RUNTIMES
+from FastMedSAMLib.runtime import (
+    CPU_FALLBACK_RUNTIME,
+    DEFAULT_RUNTIME,
+    GPU_ONLY,
+    NATIVE_BF16,
+    RUNTIMES,
+    default_runtime,
+    validate_runtime,
+)
 from FastMedSAMLib.runtime.decoder import DecoderCore, PreparedDecoder
+from FastMedSAMLib.runtime.device import native_bf16
 from FastMedSAMLib.runtime.half import AutocastEncoder
 from FastMedSAMLib.runtime.onnx_cache import decoder_onnx, encoder_onnx, export_dir, is_valid
 from FastMedSAMLib.runtime.ort import OrtDecoderCore
 
 # Mean Dice with torch-exact each runtime must reach on the real slices. int8 measured 0.91 here (small lesions lose
 # their edges; README, *Runtimes*): opt-in only, never the default; its bound guards against a broken export.
-AGREEMENT = {"torch": 0.995, "onnxruntime": 0.995, "onnxruntime-int8": 0.85}
+AGREEMENT = {"torch": 0.995, "torch-bf16": 0.995, "onnxruntime": 0.995, "onnxruntime-int8": 0.85}
 
 
 def _gt_box(gt: np.ndarray, z=None) -> Box:
@@ -65,6 +74,10 @@ def reference(cases) -> Tuple[List[np.ndarray], List[torch.Tensor]]:
 
 @pytest.mark.parametrize("runtime", [r for r in RUNTIMES if r != "torch-exact" and r not in GPU_ONLY])
 def test_runtime_masks_agree_with_torch_exact(runtime, cases, reference):
+    if runtime in NATIVE_BF16 and not native_bf16(torch.device("cpu")):
+        with pytest.raises(RuntimeChoiceError, match="AVX512-BF16"):
+            Session("litemedsam", "cpu", runtime=runtime)
+        return
     masks, embeddings = _masks(runtime, cases)
     scores = [dice(a, b) for a, b in zip(masks, reference[0])]
     assert np.mean(scores) >= AGREEMENT[runtime], scores
@@ -74,8 +87,16 @@ def test_runtime_masks_agree_with_torch_exact(runtime, cases, reference):
         assert error < 1e-3
 
 
-def test_default_runtime_is_one_that_keeps_the_masks():
-    assert DEFAULT_RUNTIME in RUNTIMES and AGREEMENT.get(DEFAULT_RUNTIME, 1.0) >= 0.995
+@pytest.mark.parametrize("bf16", [True, False])
+def test_default_runtime_is_one_that_keeps_the_masks(bf16, monkeypatch):
+    """The CPU default is torch-bf16 where the CPU has bf16 instructions and torch elsewhere: both keep the masks."""
+    import FastMedSAMLib.runtime.device as device_module
+
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: bf16)
+    chosen = default_runtime(torch.device("cpu"))
+    assert chosen == (DEFAULT_RUNTIME if bf16 else CPU_FALLBACK_RUNTIME)
+    assert chosen in RUNTIMES and AGREEMENT[chosen] >= 0.995
+    validate_runtime(chosen, torch.device("cpu"))
 
 
 PROMPTS = {  # frame coordinates; each case's embedding is decoded with each prompt set
@@ -139,6 +160,38 @@ def test_prepared_decoder_is_the_plain_decoder(prompt, core, cases, reference, e
             assert float((fast[0] - plain[0]).abs().max()) < 1e-3
             assert float((fast[1] - plain[1]).abs().max()) < 1e-4
             assert float(((fast[0] > 0) != (plain[0] > 0)).float().mean()) < 1e-4
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_bf16_decoder_keeps_the_masks(prompt, reference, exact_net):
+    """The prepared decoder in bfloat16 (the torch-bf16 runtime; emulated where the CPU lacks bf16 instructions) on
+    real embeddings, every prompt kind: float32 logits of the same shape, the same masks up to a few boundary
+    pixels, the same IoU predictions to 0.02."""
+    prepared = PreparedDecoder(exact_net, dtype=torch.bfloat16)
+    kwargs = _prompt(PROMPTS[prompt])
+    for embedding in reference[1]:
+        plain = exact_net.decode(embedding, **kwargs)
+        fast = prepared(embedding, **kwargs)
+        assert fast[0].dtype == torch.float32 and fast[0].shape == plain[0].shape
+        assert float((fast[1] - plain[1]).abs().max()) < 0.02
+        ours, theirs = (fast[0] > 0).numpy(), (plain[0] > 0).numpy()
+        assert (ours != theirs).mean() < 2e-3
+        if theirs.sum() >= 100:
+            assert dice(ours, theirs) >= 0.97
+    assert exact_net.mask_decoder.iou_token.weight.dtype == torch.float32  # the core has its own copy
+
+
+def test_bf16_runtime_is_refused_where_bf16_is_emulated(monkeypatch):
+    import FastMedSAMLib.runtime.device as device_module
+    import FastMedSAMLib.session as session_module
+
+    def no_load(*_args, **_kwargs):
+        raise AssertionError("weights were loaded for a runtime that cannot run well here")
+
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: False)
+    monkeypatch.setattr(session_module, "load_model", no_load)
+    with pytest.raises(RuntimeChoiceError, match="bfloat16 matrix instructions"):
+        Session("litemedsam", "cpu", runtime="torch-bf16")
 
 
 def test_unknown_runtime_fails_before_loading():
@@ -276,7 +329,7 @@ def test_prepared_decoder_in_one_block_is_the_same(exact_net, reference, monkeyp
 
     kwargs = _prompt(PROMPTS["box + clicks"])
     blocked = PreparedDecoder(exact_net)(reference[1][0], **kwargs)[0]
-    monkeypatch.setattr(decoder, "ROWS", 10**9)
+    monkeypatch.setattr(decoder, "BLOCK_BYTES", 10**12)
     assert len(decoder._blocks(torch.zeros(4096, 1))) == 1
     whole = PreparedDecoder(exact_net)(reference[1][0], **kwargs)[0]
     assert float((whole - blocked).abs().max()) < 1e-4

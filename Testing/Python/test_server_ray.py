@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from live_server import REPO, free_port, wait_healthy
+from live_server import REPO, SERVER_THREADS, as_the_server_computes, free_port, wait_healthy
 
 from FastMedSAMLib import Box, Box3D
 from FastMedSAMLib.client import protocol as p
@@ -24,7 +24,8 @@ LESION = "ct_deeplesion_medsam2/CT_Lesion_000015_01_01_103-115.npz"
 @pytest.fixture(scope="module")
 def ray_server(litemedsam_checkpoint):
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(SERVER_THREADS),
+           "RAY_USAGE_STATS_ENABLED": "0"}  # replicas run `serve --ray`'s one thread each
     process = subprocess.Popen([sys.executable, "-m", "FastMedSAMLib.cli", "serve", "--ray", "--replicas", "2",
                                 "--port", str(port), "--device", "cpu", "--log-level", "warning"],
                                env=env, cwd=str(REPO),
@@ -54,11 +55,12 @@ def test_two_replicas_give_the_local_masks(ray_server, data_dir) -> None:
     box3d = Box3D(xs.min(), ys.min(), zs.min(), xs.max(), ys.max(), min(zs.min() + 2, zs.max()))
     local = Session(model="litemedsam", device="cpu")
     local.set_image(image)
+    with as_the_server_computes():  # the replicas' thread count
+        expected_2d, expected = local.predict(box=box).mask, local.predict(box=box3d).mask
     remote = RemoteSession(ray_server, model="litemedsam")
     remote.set_image(image)
     for _ in range(3):  # several round trips: whichever replica answers, the mask is the local one
-        np.testing.assert_array_equal(remote.predict(box=box).mask, local.predict(box=box).mask)
-    expected = local.predict(box=box3d).mask
+        np.testing.assert_array_equal(remote.predict(box=box).mask, expected_2d)
     for _ in range(3):  # a 3D box is a job on one replica, polled through whichever answers (the shared board)
         np.testing.assert_array_equal(remote.predict(box=box3d).mask, expected)
 
