@@ -92,7 +92,7 @@ def build_runtime(name: str, net: Any, model: str, device: Any, *, frame: int, w
         return Runtime(name, net.encode, net.decode, None, batch=batch)
     if name.startswith("onnxruntime"):
         return _onnx_runtime(name, net, model, device, frame, weights)
-    decoder = PreparedDecoder(net, dtype=torch.bfloat16 if name == "torch-bf16" else torch.float32)
+    decoder = PreparedDecoder(net, image_dtype=torch.bfloat16 if name == "torch-bf16" else torch.float32)
     if name == "torch-fp16":
         from .half import AutocastEncoder
 

@@ -21,14 +21,14 @@ so the onnxruntime runtimes run its ONNX export. Results equal `SamModel.decode`
 real slices with boxes, clicks, mask prompts and multimask output, torch and ONNX). Batches of embeddings take the
 plain decoder.
 
-With `dtype=torch.bfloat16` the core and the cached image side are bfloat16 (the "torch-bf16" runtime): on CPUs with
-bfloat16 dot-product instructions its matrix products run 2-3x faster than float32, and as a whole the core is about
-1.7x faster (a cast per product, as autocast does, gained only ~15 %). Its masks are not float rounding of the
-float32 ones: they agree at Dice ~0.998 (README, *Runtimes*).
+With `image_dtype=torch.bfloat16` (the "torch-bf16" runtime) the image side is bfloat16: the cached image tokens,
+the row-wise work over them and the upscaling, where nearly all the arithmetic is; on CPUs with bfloat16
+dot-product instructions those products run 2-3x faster than in float32. The few prompt tokens stay float32 (in
+bf16 their tiny products cost more in overhead than they save; autocast of the whole decoder gained only ~15 %).
+Its masks are not float rounding of the float32 ones: they agree at Dice ~0.998 (README, *Runtimes*).
 """
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 from collections import OrderedDict
@@ -63,13 +63,13 @@ def _head_weights(linear: torch.nn.Linear, heads: int) -> torch.Tensor:
 
 def token_to_image(attn: Attention, queries: torch.Tensor, keys_pe: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """`attn(queries, keys_pe, keys)` for (T, C) queries over (N, C) image tokens, the key and value projections
-    folded into the token side."""
+    folded into the token side; the products with the image tokens run in their dtype."""
     heads = attn.num_heads
     q = attn._heads(attn.q_proj(queries)[None])[0]  # (H, T, d)
     scale = 1.0 / math.sqrt(q.shape[-1])
     g = (q @ _head_weights(attn.k_proj, heads)).reshape(-1, keys.shape[1]) * scale  # (H*T, C); k bias drops out
-    weights = torch.softmax(g @ keys_pe.T, dim=-1)  # (H*T, N)
-    mixed = (weights @ keys).view(heads, q.shape[1], -1)  # (H, T, C): values mixed before their projection
+    weights = torch.softmax(g.to(keys.dtype) @ keys_pe.T, dim=-1)  # (H*T, N)
+    mixed = (weights @ keys).to(q.dtype).view(heads, q.shape[1], -1)  # (H, T, C): values mixed before projection
     out = mixed @ _head_weights(attn.v_proj, heads).transpose(1, 2) + attn.v_proj.bias.view(heads, 1, -1)
     return attn.out_proj(out.transpose(0, 1).reshape(q.shape[1], -1))
 
@@ -78,8 +78,8 @@ def image_update(layer: Any, keys: torch.Tensor, keys_pe: torch.Tensor, queries:
                  key_pe: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The image side of a two-way layer, `norm4(keys + attn(keys_pe, queries + tokens, queries))`, for (N, C) image
     tokens over (T, C) tokens, with the query and output projections folded into the token side; returns the new
-    image tokens and the same + positional encoding. Each image token attends on its own, so the work runs in
-    blocks that stay in cache."""
+    image tokens and the same + positional encoding (in the image tokens' dtype). Each image token attends on its
+    own, so the work runs in blocks that stay in cache."""
     attn = layer.cross_attn_image_to_token
     heads = attn.num_heads
     k = attn._heads(attn.k_proj(queries + tokens)[None])[0]  # (H, T, d)
@@ -92,6 +92,7 @@ def image_update(layer: Any, keys: torch.Tensor, keys_pe: torch.Tensor, queries:
     values = v @ out_weight.transpose(1, 2)  # (H, T, C): values through out_proj
     # each head's weights sum to 1 over T, so out_proj's bias, split evenly over the heads, rides on the values
     values = (values + attn.out_proj.bias / heads).reshape(heads * count, -1)
+    g, offset, values = g.to(keys.dtype), offset.to(keys.dtype), values.to(keys.dtype)
     new_keys, new_keys_pe = [], []
     for rows in _blocks(keys):
         # (H, T, n): the softmax runs over T along dim 1 (over a short last dim it is 15x slower)
@@ -131,11 +132,14 @@ class BlockUpscaling(nn.Module):
     ConvTranspose2d(k=2, s=2) sends input pixel (i, j) to output block (2i + a, 2j + b): one (C_in, 4 * C_out)
     matrix product per pixel row. The rows stay in (pixel, a, b, a2, b2) order until the masks are formed."""
 
-    def __init__(self, upscaling: torch.nn.Sequential) -> None:
+    def __init__(self, upscaling: torch.nn.Sequential, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        conv1, self.norm, self.act1, conv2, self.act2 = upscaling
+        conv1, norm, self.act1, conv2, self.act2 = upscaling
         for name, tensor in zip(("w1", "b1", "w2", "b2"), (*self._as_matrix(conv1), *self._as_matrix(conv2))):
-            self.register_buffer(name, tensor.clone())
+            self.register_buffer(name, tensor.to(dtype, copy=True))
+        self.register_buffer("norm_weight", norm.weight.detach().clone())  # float32 (a LayerNorm takes bf16 rows too)
+        self.register_buffer("norm_bias", norm.bias.detach().clone())
+        self.eps = float(norm.eps)
         self.mid, self.out = int(conv1.weight.shape[1]), int(conv2.weight.shape[1])  # C/4, C/8 (plain ints: export)
 
     @staticmethod
@@ -146,12 +150,14 @@ class BlockUpscaling(nn.Module):
         return conv.weight.detach().permute(0, 2, 3, 1).reshape(c_in, 4 * c_out), conv.bias.detach().repeat(4)
 
     def forward(self, keys: torch.Tensor, hyper: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-        """(N, C) image tokens on an (h, w) grid, (M, C // 8) hypernetwork outputs -> (M, 4h, 4w) mask logits."""
+        """(N, C) image tokens on an (h, w) grid, (M, C // 8) hypernetwork outputs -> (M, 4h, 4w) mask logits, in
+        the image tokens' dtype (the matrices' own)."""
         h, w = grid
+        hyper = hyper.to(self.w1.dtype)
         masks = []
         for block in _blocks(keys):  # in blocks of pixels that stay in cache (2x faster than whole on a CPU)
             rows = torch.addmm(self.b1, keys[block], self.w1).view(-1, self.mid)  # (n*4, C/4)
-            rows = self.act1(F.layer_norm(rows, (self.mid,), self.norm.weight, self.norm.bias, self.norm.eps))
+            rows = self.act1(F.layer_norm(rows, (self.mid,), self.norm_weight, self.norm_bias, self.eps))
             rows = self.act2(torch.addmm(self.b2, rows, self.w2)).view(-1, self.out)  # (n*16, C/8)
             masks.append(rows @ hyper.T)
         masks = torch.cat(masks).view(h, w, 2, 2, 2, 2, -1)  # (i, j, a, b, a2, b2, M)
@@ -160,11 +166,12 @@ class BlockUpscaling(nn.Module):
 
 class DecoderCore(nn.Module):
     """The decoder after the prompt encoder, for one embedding: (image tokens (N, C), the same + positional encoding,
-    sparse prompt tokens (S, C)) -> (mask logits (M, 4h, 4w), IoU predictions (M,)) for the single mask (M = 1) or,
-    with `multimask`, the three multimask outputs. A plain function of its tensors, so its single-mask form also
-    exports to ONNX (`onnx_cache`)."""
+    sparse prompt tokens (S, C)) -> (float32 mask logits (M, 4h, 4w), IoU predictions (M,)) for the single mask
+    (M = 1) or, with `multimask`, the three multimask outputs. The image tokens come in `image_dtype`, the image-side
+    matrices are kept in it; the prompt tokens are float32. A plain function of its tensors, so its float32
+    single-mask form also exports to ONNX (`onnx_cache`)."""
 
-    def __init__(self, net: SamModel) -> None:
+    def __init__(self, net: SamModel, image_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         decoder = net.mask_decoder
         if not decoder.transformer.layers[0].skip_first_layer_pe:
@@ -173,8 +180,8 @@ class DecoderCore(nn.Module):
         with torch.inference_mode():
             pe = net.prompt_encoder.get_dense_pe()
         self.grid = (int(pe.shape[2]), int(pe.shape[3]))
-        self.register_buffer("key_pe", pe.flatten(2)[0].T.contiguous().clone())  # (N, C)
-        self.upscaling = BlockUpscaling(decoder.output_upscaling)
+        self.register_buffer("key_pe", pe.flatten(2)[0].T.contiguous().to(image_dtype))  # (N, C)
+        self.upscaling = BlockUpscaling(decoder.output_upscaling, image_dtype)
 
     def forward(self, keys: torch.Tensor, keys_pe: torch.Tensor, sparse: torch.Tensor,
                 multimask: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +197,7 @@ class DecoderCore(nn.Module):
         queries = decoder.transformer.norm_final_attn(queries + token_to_image(final, queries + tokens[read], keys_pe, keys))
         hyper = torch.stack([decoder.output_hypernetworks_mlps[t - 1](queries[i + 1]) for i, t in enumerate(chosen)])
         iou = decoder.iou_prediction_head(queries[0])[[t - 1 for t in chosen]]
-        return self.upscaling(keys, hyper, self.grid), iou
+        return self.upscaling(keys, hyper, self.grid).float(), iou
 
 
 CoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
@@ -200,16 +207,16 @@ class PreparedDecoder:
     """Callable like `SamModel.decode`: (embedding, points=, boxes=, masks=, multimask_output=) -> (logits, iou).
 
     `single` runs the single-mask answers: the torch `core` unless replaced (the onnxruntime runtimes set it to the
-    core's ONNX export); multimask requests always take the torch core. `dtype` is the core's arithmetic (its own
-    copy of the decoder's weights when not float32); embeddings in and logits out stay float32."""
+    core's ONNX export); multimask requests always take the torch core. `image_dtype` is the image side's arithmetic
+    (`DecoderCore`); embeddings in and logits out stay float32."""
 
-    def __init__(self, net: SamModel, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, net: SamModel, image_dtype: torch.dtype = torch.float32) -> None:
         self.net = net
-        core = DecoderCore(net).eval()
-        self.core = core if dtype == torch.float32 else copy.deepcopy(core).to(dtype)
-        self.dtype = dtype
+        self.core = DecoderCore(net, image_dtype).eval()
+        self.dtype = image_dtype
         self.single: CoreFn = self.core
-        self.key_pe = core.key_pe  # float32: the image side is formed in float32, then cast
+        with torch.inference_mode():
+            self.key_pe = net.prompt_encoder.get_dense_pe().flatten(2)[0].T  # float32: the image side is formed in it
         self._recent: "OrderedDict[int, Tuple[Any, ImageSide]]" = OrderedDict()
 
     def _image_tokens(self, embedding: torch.Tensor, dense: torch.Tensor) -> ImageSide:
@@ -241,9 +248,8 @@ class PreparedDecoder:
             return self.net.decode(embedding, points=points, boxes=boxes, masks=masks, multimask_output=multimask_output)
         sparse, dense = self.net.prompt_encoder(points=points, boxes=boxes, masks=masks)
         side = self.image_side(embedding) if masks is None else self._image_tokens(embedding, dense)
-        sparse = sparse[0].to(self.dtype)
         if multimask_output:
-            low_res, iou = self.core(side.keys, side.keys_pe, sparse, multimask=True)
+            low_res, iou = self.core(side.keys, side.keys_pe, sparse[0], multimask=True)
         else:
-            low_res, iou = self.single(side.keys, side.keys_pe, sparse)
-        return low_res[None].float(), iou[None].float()
+            low_res, iou = self.single(side.keys, side.keys_pe, sparse[0])
+        return low_res[None], iou[None]

@@ -167,7 +167,7 @@ def test_bf16_decoder_keeps_the_masks(prompt, reference, exact_net):
     """The prepared decoder in bfloat16 (the torch-bf16 runtime; emulated where the CPU lacks bf16 instructions) on
     real embeddings, every prompt kind: float32 logits of the same shape, the same masks up to a few boundary
     pixels, the same IoU predictions to 0.02."""
-    prepared = PreparedDecoder(exact_net, dtype=torch.bfloat16)
+    prepared = PreparedDecoder(exact_net, image_dtype=torch.bfloat16)
     kwargs = _prompt(PROMPTS[prompt])
     for embedding in reference[1]:
         plain = exact_net.decode(embedding, **kwargs)
@@ -178,7 +178,7 @@ def test_bf16_decoder_keeps_the_masks(prompt, reference, exact_net):
         assert (ours != theirs).mean() < 2e-3
         if theirs.sum() >= 100:
             assert dice(ours, theirs) >= 0.97
-    assert exact_net.mask_decoder.iou_token.weight.dtype == torch.float32  # the core has its own copy
+    assert exact_net.mask_decoder.iou_token.weight.dtype == torch.float32  # the net's decoder is untouched
 
 
 def test_bf16_runtime_is_refused_where_bf16_is_emulated(monkeypatch):
