@@ -1,6 +1,6 @@
 """Peak memory of a Session on a full-size CT: a 512×512×300 int16 volume (the DeepLesion lesion volume's real HU
 slices tiled to 300) set, a 3D box over the lesion, a prefetch of every slice (it stops where the embedding cache
-is full), then cached clicks. Each runtime runs in a fresh child process, so its peak RSS (`ru_maxrss`) is its own.
+is full), then cached clicks on the lesion. Each runtime runs in a fresh child process, so its peak RSS (`ru_maxrss`) is its own.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
-def _measure(manifest: str, runtime: Optional[str], device: str, threads: Optional[int]) -> Dict[str, Any]:
+def _measure(manifest: str, runtime: Optional[str], device: str, threads: Optional[int], depth: int) -> Dict[str, Any]:
     import torch
 
     from ..io.images import Image
@@ -36,7 +36,7 @@ def _measure(manifest: str, runtime: Optional[str], device: str, threads: Option
         torch.set_num_threads(threads)
     data = load_bench_data(manifest)
     name, lesion, box = data.volumes[0]
-    volume = tiled_ct(lesion.array)
+    volume = tiled_ct(lesion.array, depth)
     image = Image(volume, spacing=lesion.spacing, origin=lesion.origin, direction=lesion.direction, modality_hint="CT")
     figures: Dict[str, Any] = {"volume": name, "shape_zyx": list(volume.shape), "volume_mb": volume.nbytes / 2**20}
     session = Session(device=device, runtime=runtime)
@@ -52,20 +52,20 @@ def _measure(manifest: str, runtime: Optional[str], device: str, threads: Option
     job.wait()
     figures["prefetch_s"] = time.perf_counter() - start
     figures["prefetched_slices"] = len(job.encoded)
-    for z in (0, DEPTH // 2, DEPTH - 1):
-        session.predict(box=box.slice_box(box.z0 + z % (box.z1 - box.z0 + 1)))
+    for z in (box.z0, (box.z0 + box.z1) // 2, box.z1):  # cached clicks on the lesion
+        session.predict(box=box.slice_box(z))
     figures["cache"] = session.cache_info()
     figures["peak_rss_mb"] = _peak_mb()
     return figures
 
 
 def bench_memory(manifest: Union[str, Path], runtimes: Sequence[Optional[str]], device: str = "cpu",
-                 threads: Optional[int] = None) -> Dict[str, Any]:
+                 threads: Optional[int] = None, depth: int = DEPTH) -> Dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     rows: List[Dict[str, Any]] = []
     with context.Pool(1, maxtasksperchild=1) as pool:
         for runtime in runtimes:
-            rows.append(pool.apply(_measure, (str(manifest), runtime, device, threads)))
+            rows.append(pool.apply(_measure, (str(manifest), runtime, device, threads, depth)))
     return {"memory": rows, "goal_mb": 2.5 * 1024}
 
 
