@@ -40,7 +40,7 @@ def cpu_masks(lesion) -> List[np.ndarray]:
     return [session.predict(box=b).mask for b in boxes]
 
 
-@pytest.mark.parametrize("runtime", ["torch-exact", "torch", "torch-fp16"])
+@pytest.mark.parametrize("runtime", ["torch-exact", "torch", "torch-bf16", "torch-fp16"])
 def test_gpu_masks_agree_with_the_cpu(lesion, cpu_masks, runtime):
     """The runtime rule (mean Dice >= 0.995 with the reference) across the lesion's first, middle and last slice;
     torch-exact (IEEE fp32 on both) closer still."""

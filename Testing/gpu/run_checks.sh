@@ -17,7 +17,7 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider Testing/Python/test_cuda.py
 timeout 90 "${cli[@]}" bench --forward --device cuda --repeats 30 --manifest "$manifest" --out "$out/forward.json" \
   --models litemedsam,fastsam3d,sam-med3d-turbo,medficientsam-l0,medficientsam-l1,medficientsam-l2 2>&1 \
   | tee "$out/forward.md"
-timeout 200 "${cli[@]}" bench --device cuda --runtimes torch-exact,torch,torch-fp16 --pause 0,0.5 --repeats 5 --quiet \
+timeout 200 "${cli[@]}" bench --device cuda --runtimes torch-exact,torch,torch-bf16,torch-fp16 --pause 0,0.5 --repeats 5 --quiet \
   --manifest "$manifest" --out "$out/bench.json" --chart "$out/bench.png" 2>&1 | tee "$out/bench.md"
-timeout 80 "${cli[@]}" bench --agreement --device cuda --runtimes torch,torch-fp16 --manifest "$manifest" \
+timeout 80 "${cli[@]}" bench --agreement --device cuda --runtimes torch,torch-bf16,torch-fp16 --manifest "$manifest" \
   --out "$out/agreement.json" 2>&1 | tee "$out/agreement.md"
