@@ -3,8 +3,8 @@
 * "torch-exact": the eager modules, bit-exact to the reference code (parity tests and reference comparisons).
 * "torch": the folded/fused encoder (LiteMedSAM's TinyViT; other families keep their eager encoder) and the
   prepared decoder (image-side work once per embedding, only the mask that is used).
-* "torch-bf16": the same encoder, the prepared decoder in bfloat16 (only where the device has bf16 matrix
-  instructions: AVX512-BF16 or AMX CPUs, bf16 GPUs; `device.native_bf16`).
+* "torch-bf16": the same encoder, the prepared decoder with its image side in bfloat16 (only where the device has
+  bf16 matrix instructions: AVX512-BF16 or AMX CPUs, bf16 GPUs; `device.native_bf16`).
 * "onnxruntime": the image encoder and the prepared decoder's single-mask core exported to ONNX (`fastmedsam
   export-onnx MODEL`, cached and sha256-checked, see `onnx_cache`), run by ONNX Runtime with every graph
   optimisation (the prompt encoder and multimask requests stay in torch).

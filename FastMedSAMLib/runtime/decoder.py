@@ -180,7 +180,8 @@ class DecoderCore(nn.Module):
         with torch.inference_mode():
             pe = net.prompt_encoder.get_dense_pe()
         self.grid = (int(pe.shape[2]), int(pe.shape[3]))
-        self.register_buffer("key_pe", pe.flatten(2)[0].T.contiguous().to(image_dtype))  # (N, C)
+        key_pe = pe.flatten(2)[0].T.to(image_dtype, memory_format=torch.contiguous_format, copy=True)  # (N, C)
+        self.register_buffer("key_pe", key_pe)
         self.upscaling = BlockUpscaling(decoder.output_upscaling, image_dtype)
 
     def forward(self, keys: torch.Tensor, keys_pe: torch.Tensor, sparse: torch.Tensor,
