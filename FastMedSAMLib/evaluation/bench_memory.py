@@ -28,6 +28,7 @@ def _peak_mb() -> float:
 def _measure(manifest: str, runtime: Optional[str], device: str, threads: Optional[int], depth: int) -> Dict[str, Any]:
     import torch
 
+    from ..errors import FastMedSAMError
     from ..io.images import Image
     from ..session import Session
     from .bench_data import load_bench_data
@@ -39,7 +40,10 @@ def _measure(manifest: str, runtime: Optional[str], device: str, threads: Option
     volume = tiled_ct(lesion.array, depth)
     image = Image(volume, spacing=lesion.spacing, origin=lesion.origin, direction=lesion.direction, modality_hint="CT")
     figures: Dict[str, Any] = {"volume": name, "shape_zyx": list(volume.shape), "volume_mb": volume.nbytes / 2**20}
-    session = Session(device=device, runtime=runtime)
+    try:
+        session = Session(device=device, runtime=runtime)
+    except FastMedSAMError as exc:  # a runtime this machine cannot run: reported, not fatal
+        return {"runtime": runtime, "note": str(exc)}
     figures["runtime"] = session.runtime
     figures["after_load_mb"] = _peak_mb()
     session.set_image(image)
@@ -73,6 +77,9 @@ def memory_markdown(report: Dict[str, Any]) -> str:
     lines = ["| runtime | volume | after load MiB | peak RSS MiB | cache (entries / MiB) | 3D box s (slices) | "
              "prefetch s (slices) |", "|---|---|---|---|---|---|---|"]
     for row in report["memory"]:
+        if "note" in row:
+            lines.append(f"| {row['runtime']} | skipped: {row['note']} | | | | | |")
+            continue
         cache = row["cache"]
         lines.append(
             f"| {row['runtime']} | {'×'.join(map(str, row['shape_zyx'][::-1]))} int16 ({row['volume_mb']:.0f} MiB) "

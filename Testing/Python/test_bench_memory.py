@@ -16,10 +16,12 @@ def test_tiled_ct_repeats_the_real_slices():
 
 
 def test_memory_bench_fills_the_cache_in_its_own_process(data_dir):
-    report = bench_memory(data_dir / "manifest.json", ["torch"], threads=1, depth=16)
-    row = report["memory"][0]
+    report = bench_memory(data_dir / "manifest.json", ["torch", "torch-fp16"], threads=1, depth=16)
+    row, refused = report["memory"]
+    assert "CUDA" in refused["note"]  # a runtime the machine cannot run is reported, the others still measured
     assert row["runtime"] == "torch" and row["shape_zyx"] == [16, 512, 512]
     assert row["cache"]["entries"] == 16  # the box's slices, then the prefetch's
     assert 0 < row["prefetched_slices"] <= 16 - row["box_slices"]
     assert row["peak_rss_mb"] >= row["after_load_mb"] > 100
-    assert "| torch | 512×512×16 int16" in memory_markdown(report)
+    table = memory_markdown(report)
+    assert "| torch | 512×512×16 int16" in table and "| torch-fp16 | skipped:" in table
