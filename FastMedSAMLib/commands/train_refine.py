@@ -30,6 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-loss", type=float, default=0.0,
                    help="weight of a BCE on the pixels the previous round had right, so that a click leaves them "
                         "alone (default 0: off)")
+    p.add_argument("--click-target", choices=("disk", "error"), default="disk",
+                   help="the click loss's pixels: disks around the clicks (default), or the connected error region "
+                        "each round's new click was drawn from")
+    p.add_argument("--every-round", action="store_true",
+                   help="a loss on every round of an episode (SAM's iterative training), not on the last one only")
+    p.add_argument("--slices-per-volume", type=positive_int,
+                   help="axial slices taken from each training volume (default: refine.data's, 12)")
+    p.add_argument("--crops-per-image", type=positive_int,
+                   help="training variants of each 2D image, itself and random crops (default: refine.data's, 4)")
     p.add_argument("--init", type=Path, help="start from these fine-tuned weights (a litemedsam-refine file) "
                    "instead of LiteMedSAM's prompt encoder and decoder")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -52,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     commit = _commit()  # the code that runs, read before anything can change the checkout
     log = (lambda *a: None) if args.quiet else print
-    paths = build_cache(args.manifest, args.seed, log=log)
+    sampling = {k: v for k, v in (("slices", args.slices_per_volume), ("crops", args.crops_per_image)) if v is not None}
+    paths = build_cache(args.manifest, args.seed, log=log, **sampling)
     records = load_records(paths)
     net = load_model("litemedsam")
     if args.init:
@@ -61,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if unexpected or any(not k.startswith("image_encoder.") for k in missing):
             raise WeightsError(f"{args.init} is not a litemedsam-refine prompt encoder + decoder file")
     config = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, click_loss=args.click_loss,
-                         keep_loss=args.keep_loss,
+                         keep_loss=args.keep_loss, click_target=args.click_target, every_round=args.every_round,
                          **({} if args.lr is None else {"lr": args.lr}))
     report = train(net, records, config, progress=not args.quiet, log=log)
     sha256 = save(net, args.out)
@@ -86,7 +96,12 @@ def _note(args: argparse.Namespace, report: dict) -> str:
     validation = ", ".join(f"`{k}`" for k, v in sorted(sides.items()) if v == "validation")
     curve = "\n".join(f"| {h['step']} | {h['seconds']} | {h['loss']:.4f} | {h['iou']:.3f} |" for h in report["history"])
     init = ((f" --click-loss {args.click_loss}" if args.click_loss else "")
-            + (f" --keep-loss {args.keep_loss}" if args.keep_loss else "") + (f" --init {args.init}" if args.init else ""))
+            + (f" --keep-loss {args.keep_loss}" if args.keep_loss else "")
+            + (f" --click-target {args.click_target}" if args.click_target != "disk" else "")
+            + (" --every-round" if args.every_round else "")
+            + (f" --slices-per-volume {args.slices_per_volume}" if args.slices_per_volume else "")
+            + (f" --crops-per-image {args.crops_per_image}" if args.crops_per_image else "")
+            + (f" --init {args.init}" if args.init else ""))
     return f"""# {args.out.name}
 
 Prompt encoder + mask decoder of `litemedsam-refine`, fine-tuned from LiteMedSAM's by `fastmedsam train-refine
@@ -98,8 +113,8 @@ bfloat16 autocast, in {report['seconds']} s of training (embeddings cached befor
 - size {report['size']} bytes (float16), sha256 `{report['sha256']}`
 - {config['steps']} AdamW steps (lr {config['lr']} cosine to a tenth, weight decay {config['weight_decay']}), batch {config['batch']},
   seed {config['seed']}; first prompt: jittered box {config['p_box']}, one include click {config['p_point']}, neighbouring slice's
-  mask + its box (3D slices) the rest; then 0 (p={config['p_first_only']}) or 1..{config['max_rounds']} no-grad click rounds
-  (clicks from the error region, previous mask fed back, {config['p_mask_only']} mask-only); loss Dice + BCE + IoU-MSE on the last round
+  mask + its box (3D slices) the rest; then 0 (p={config['p_first_only']}) or 1..{config['max_rounds']} click rounds
+  (clicks from the error region, previous mask fed back, {config['p_mask_only']} mask-only); {_losses_text(config)}
 - {report['slices']} training slices, {report['objects']} objects ({report['objects_with_neighbours']} with a neighbouring-slice mask)
 
 Split by case (FastMedSAMLib/refine/split.py; every figure reported for this model comes from validation cases):
@@ -113,3 +128,14 @@ validation = {validation}; everything else used (fundus vessels and the MNI tiss
 |---|---|---|---|
 {curve}
 """
+
+
+def _losses_text(config: dict) -> str:
+    text = f"loss Dice + BCE + IoU-MSE on {'every round' if config['every_round'] else 'the last round'}"
+    if config["click_loss"]:
+        pixels = ("the error region each new click was drawn from" if config["click_target"] == "error"
+                  else f"{config['click_radius_px']} px disks around the clicks")
+        text += f", + {config['click_loss']} x BCE on {pixels}"
+    if config["keep_loss"]:
+        text += f", + {config['keep_loss']} x BCE on the pixels the previous round had right"
+    return text

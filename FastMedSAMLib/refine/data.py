@@ -3,9 +3,10 @@
 Only training cases of the split (`split.py`) are read. Each record is one slice: its LiteMedSAM embedding (fp16,
 256x64x64), and per object its ground truth in the model's 256 frame, plus, for slices of 3D volumes, the same
 object's mask on the two neighbouring slices (what mask-prompted propagation feeds back). Sources:
-* 2D images: the image itself and `CROPS_PER_2D_IMAGE - 1` random crops (60-100 % of each side) with flips;
-* 3D volumes: up to `SLICES_PER_VOLUME` axial slices evenly spread over the labelled ones; every label value with
-  at least `MIN_PIXELS` pixels (in the frame) on a slice is an object.
+* 2D images: the image itself and `crops - 1` random crops (60-100 % of each side) with flips (default
+  `CROPS_PER_2D_IMAGE`);
+* 3D volumes: up to `slices` axial slices evenly spread over the labelled ones (default `SLICES_PER_VOLUME`); every
+  label value with at least `MIN_PIXELS` pixels (in the frame) on a slice is an object.
 At most `OBJECTS_PER_SLICE` objects per slice (a fixed-seed sample). The cache lives outside git
 (`~/.cache/fastmedsam/refine-train/`, or `$FASTMEDSAM_CACHE/refine-train`) and is keyed by the slice's source and
 the settings, so a rerun encodes nothing twice.
@@ -81,14 +82,14 @@ def _crop(rgb: np.ndarray, masks: List[np.ndarray], rng: np.random.Generator) ->
 SliceObjects = Tuple[str, np.ndarray, List[Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]]]
 
 
-def _slices_2d(entries: List[Entry], rng: np.random.Generator) -> Iterator[SliceObjects]:
+def _slices_2d(entries: List[Entry], rng: np.random.Generator, crops: int) -> Iterator[SliceObjects]:
     by_image: Dict[str, List[Entry]] = {}
     for entry in entries:
         by_image.setdefault(entry.image_name, []).append(entry)
     for name, group in sorted(by_image.items()):
         rgb = _rgb(to_uint8(load_image(group[0])))
         masks = [t.mask(label) for e in group for label in [load_label(e)] for t in targets(e, label)]
-        for variant in range(CROPS_PER_2D_IMAGE):
+        for variant in range(crops):
             if variant == 0:
                 yield name, rgb, [(m, None, None) for m in masks]
             else:
@@ -96,11 +97,11 @@ def _slices_2d(entries: List[Entry], rng: np.random.Generator) -> Iterator[Slice
                 yield f"{name}:{how}", crop, [(m, None, None) for m in cut]
 
 
-def _slices_3d(entry: Entry) -> Iterator[SliceObjects]:
+def _slices_3d(entry: Entry, slices: int) -> Iterator[SliceObjects]:
     volume = to_uint8(load_image(entry))
     label = load_label(entry)
     labelled = np.nonzero(label.reshape(label.shape[0], -1).any(axis=1))[0]
-    picks = labelled[np.linspace(0, len(labelled) - 1, num=min(SLICES_PER_VOLUME, len(labelled))).round().astype(int)]
+    picks = labelled[np.linspace(0, len(labelled) - 1, num=min(slices, len(labelled))).round().astype(int)]
     for z in sorted(set(int(v) for v in picks)):
         objects = []
         for value in (int(v) for v in np.unique(label[z]) if v != 0):
@@ -110,14 +111,15 @@ def _slices_3d(entry: Entry) -> Iterator[SliceObjects]:
         yield f"{entry.image_name}:z{z}", _rgb(volume[z]), objects
 
 
-def training_slices(manifest: Union[str, Path], seed: int) -> Iterator[SliceObjects]:
+def training_slices(manifest: Union[str, Path], seed: int, slices: int = SLICES_PER_VOLUME,
+                    crops: int = CROPS_PER_2D_IMAGE) -> Iterator[SliceObjects]:
     entries = read_manifest(manifest)
     sides = split(entries)
     train = [e for e in entries if sides.get(case_key(e)) == TRAIN]
     rng = np.random.default_rng(seed)
-    yield from _slices_2d([e for e in train if e.dim == "2D"], rng)
+    yield from _slices_2d([e for e in train if e.dim == "2D"], rng, crops)
     for entry in (e for e in train if e.dim == "3D"):
-        yield from _slices_3d(entry)
+        yield from _slices_3d(entry, slices)
 
 
 def _key(source: str, seed: int) -> str:
@@ -149,7 +151,8 @@ def _record(source: str, rgb: np.ndarray, objects, net, adapter, seed: int) -> O
     return Record(source, embedding, masks, neighbours, has, (frame.resized_height, frame.resized_width))
 
 
-def build_cache(manifest: Union[str, Path], seed: int = 0, root: Optional[Path] = None, log=print) -> List[Path]:
+def build_cache(manifest: Union[str, Path], seed: int = 0, root: Optional[Path] = None, log=print,
+                slices: int = SLICES_PER_VOLUME, crops: int = CROPS_PER_2D_IMAGE) -> List[Path]:
     """Encode every training slice not cached yet; returns the record files in a fixed order."""
     from ..models import load_model, slice_adapter
 
@@ -158,7 +161,7 @@ def build_cache(manifest: Union[str, Path], seed: int = 0, root: Optional[Path] 
     net, adapter = None, slice_adapter("litemedsam")
     paths: List[Path] = []
     started = time.perf_counter()
-    for source, rgb, objects in training_slices(manifest, seed):
+    for source, rgb, objects in training_slices(manifest, seed, slices, crops):
         path = root / f"{_key(source, seed)}.pt"
         empty = path.with_suffix(".empty")
         if not path.exists() and not empty.exists():

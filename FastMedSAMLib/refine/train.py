@@ -5,12 +5,14 @@ Each step simulates one interaction episode for a batch of objects (SAM / RITM s
 * first prompt: a jittered box (half the steps), one include click (a quarter), or, for slices of 3D volumes, the
   same object's mask on a neighbouring slice as dense prompt with that mask's box (a quarter: what mask-prompted
   propagation does);
-* then 0 to `max_rounds` rounds run without gradients: each adds one click from the error region (half the time
-  at the deepest point of the largest error component, as the evaluation clicks, else uniformly in the error) and
-  feeds the binarised prediction back as dense prompt; `mask_only` of the rounds add no click;
-* the loss (Dice + BCE on the 256 frame, + MSE of the predicted IoU) is taken on the last round only, plus, with
-  `click_loss`, a BCE on disks around the episode's clicks (the pixels a user pointed at must follow the click),
-  and, with `keep_loss`, a BCE on the pixels the previous round had right (a click must not break them).
+* then 0 to `max_rounds` rounds: each adds one click from the error region (half the time at the deepest point of
+  the largest error component, as the evaluation clicks, else uniformly in the error) and feeds the binarised
+  prediction back as dense prompt; `mask_only` of the rounds add no click;
+* the loss (Dice + BCE on the 256 frame, + MSE of the predicted IoU) is taken on the last round only, or with
+  `every_round` on every round (the prediction fed back is detached, as in SAM's iterative training), plus, with
+  `click_loss`, a BCE on the pixels the clicks point at (`click_target` "disk": disks around the episode's clicks;
+  "error": the connected error region the round's new click was drawn from, which the click asks to fix), and,
+  with `keep_loss`, a BCE on the pixels the previous round had right (a click must not break them).
 A third of the steps stop after the first prompt, so box-only results are trained all along. Fixed seed and one
 thread: the same cache and settings give the same weights."""
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from .clicks import deepest_error_click, first_click, random_error_click
 from .data import Record
@@ -49,6 +52,9 @@ class TrainConfig:
     click_loss: float = 0.0  # weight of a BCE on the disks around the clicks (what the user pointed at)
     click_radius_px: int = 5
     keep_loss: float = 0.0  # weight of a BCE that keeps the pixels the previous round had right (no harm)
+    click_target: str = "disk"  # the click loss's pixels: "disk" around every click, or "error": the error
+    # region the round's new click was drawn from (what the evaluation's click asks to fix)
+    every_round: bool = False  # a loss on every round of the episode (SAM's iterative training), not the last only
 
 
 def _bbox(mask: np.ndarray) -> np.ndarray:
@@ -119,6 +125,42 @@ def _click_disks(clicks: List[List[Tuple[float, float, int]]], size: int, radius
     return torch.from_numpy(out)
 
 
+def _pointed_errors(predicted: np.ndarray, truth: np.ndarray, clicks: List[Tuple[int, int, int]]) -> torch.Tensor:
+    """(B, S, S) float: per sample, the connected error region (8-connected, predicted != truth) that holds the
+    sample's newest click, i.e. what that click asks the decoder to fix; zeros for samples without a new click."""
+    out = np.zeros(predicted.shape, dtype=np.float32)
+    for b, click in enumerate(clicks):
+        if click is None:
+            continue
+        x, y = click[0], click[1]
+        pieces, _ = ndimage.label(predicted[b] != truth[b], structure=np.ones((3, 3), dtype=bool))
+        out[b] = pieces == pieces[y, x]
+    return torch.from_numpy(out)
+
+
+def _masked_bce(logits: torch.Tensor, truth: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    bce = F.binary_cross_entropy_with_logits(logits[:, 0].float(), truth.float(), reduction="none")
+    return (bce * where).sum() / where.sum().clamp(min=1.0)
+
+
+def _round_loss(logits, iou_pred, truth, truth_np, clicks, predicted, pointed, config: TrainConfig):
+    """The loss of one decoded round: the whole-mask terms, plus the click and keep terms that are switched on.
+    `predicted` is the mask this round refines (None on the first prompt), `pointed` the error its newest clicks
+    point at (`_pointed_errors`, None when the round added no click)."""
+    loss, parts = _losses(logits, iou_pred, truth)
+    if config.click_loss and any(clicks):
+        if config.click_target == "error":
+            if pointed is not None:
+                loss = loss + config.click_loss * _masked_bce(logits, truth, pointed)
+        else:
+            loss = loss + config.click_loss * _masked_bce(logits, truth, _click_disks(clicks, truth.shape[-1], config.click_radius_px))
+    if config.keep_loss and predicted is not None:
+        # where the previous round was right, the refined mask must stay right: a click fixes its error and
+        # leaves the rest alone (the evaluation's harm rate); the error itself is the main loss's business
+        loss = loss + config.keep_loss * _masked_bce(logits, truth, torch.from_numpy(predicted == truth_np).float())
+    return loss, parts
+
+
 def _episode(prompt_encoder, mask_decoder, records, chosen, mode: str, rng: np.random.Generator, config: TrainConfig):
     embeddings = torch.stack([records[r].embedding.float() for r, _ in chosen])
     truth = torch.stack([records[r].masks[i] for r, i in chosen])
@@ -126,7 +168,8 @@ def _episode(prompt_encoder, mask_decoder, records, chosen, mode: str, rng: np.r
     boxes: Optional[torch.Tensor] = None
     dense: Optional[torch.Tensor] = None
     clicks: List[List[Tuple[float, float, int]]] = [[] for _ in chosen]
-    predicted: Optional[np.ndarray] = None  # the last no-grad round's mask, what the last round refines
+    predicted: Optional[np.ndarray] = None  # the previous round's mask, what the current round refines
+    pointed: Optional[torch.Tensor] = None  # the error regions the current round's new clicks point at
     if mode == "box":
         boxes = torch.from_numpy(np.stack([_jittered_box(t, rng, config) for t in truth_np]))
     elif mode == "point":
@@ -143,34 +186,33 @@ def _episode(prompt_encoder, mask_decoder, records, chosen, mode: str, rng: np.r
         boxes = torch.from_numpy(np.stack([_neighbour_box(p.numpy(), rng, config) for p in previous_t]))
         dense = mask_prompt(previous_t)
     rounds = 0 if rng.random() < config.p_first_only else int(rng.integers(1, config.max_rounds + 1))
-    for _ in range(rounds):
-        with torch.no_grad():
-            logits, _ = run_decoder(prompt_encoder, mask_decoder, embeddings, boxes,
-                                    _points_tensor(clicks) if any(clicks) else None, dense)
-        predicted = (logits[:, 0] > 0).numpy()
+    total: torch.Tensor = torch.zeros(())
+    terms = 0
+    for r in range(rounds + 1):
+        with torch.set_grad_enabled(config.every_round or r == rounds):  # else only the last round is trained
+            logits, iou_pred = run_decoder(prompt_encoder, mask_decoder, embeddings, boxes,
+                                           _points_tensor(clicks) if any(clicks) else None, dense)
+            if torch.is_grad_enabled():
+                loss, parts = _round_loss(logits, iou_pred, truth, truth_np, clicks, predicted, pointed, config)
+                total, terms = total + loss, terms + 1
+        if r == rounds:
+            break
+        predicted = (logits[:, 0] > 0).detach().numpy()
         dense = mask_prompt(torch.from_numpy(predicted))
+        pointed = None
         if rng.random() < config.p_mask_only:
             continue
+        new: List[Optional[Tuple[int, int, int]]] = [None] * len(clicks)
         for b, (p, t) in enumerate(zip(predicted, truth_np)):
             click = deepest_error_click(p, t) if rng.random() < 0.5 else random_error_click(p, t, rng)
             if click is not None:
                 (y, x), positive = click
                 clicks[b].append((float(x), float(y), int(positive)))
-    points = _points_tensor(clicks) if any(clicks) else None
-    logits, iou_pred = run_decoder(prompt_encoder, mask_decoder, embeddings, boxes, points, dense)
-    loss, parts = _losses(logits, iou_pred, truth)
-    if config.click_loss and any(clicks):
-        disks = _click_disks(clicks, truth.shape[-1], config.click_radius_px)
-        bce = F.binary_cross_entropy_with_logits(logits[:, 0].float(), truth.float(), reduction="none")
-        loss = loss + config.click_loss * (bce * disks).sum() / disks.sum().clamp(min=1.0)
-    if config.keep_loss and predicted is not None:
-        # where the previous round was right, the refined mask must stay right: a click fixes its error and
-        # leaves the rest alone (the evaluation's harm rate); the error itself is the main loss's business
-        right = torch.from_numpy(predicted == truth_np).float()
-        bce = F.binary_cross_entropy_with_logits(logits[:, 0].float(), truth.float(), reduction="none")
-        loss = loss + config.keep_loss * (bce * right).sum() / right.sum().clamp(min=1.0)
+                new[b] = (int(x), int(y), int(positive))
+        if config.click_target == "error":
+            pointed = _pointed_errors(predicted, truth_np, new)
     parts.update({"mode": mode, "rounds": rounds})
-    return loss, parts
+    return total / terms, parts
 
 
 def train(net: Any, records: Sequence[Record], config: TrainConfig, progress: bool = True, log=print) -> Dict[str, Any]:

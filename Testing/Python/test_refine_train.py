@@ -1,0 +1,52 @@
+"""`train-refine`'s episode losses: the error region a click points at, training on every round, and that a short
+run on a real training slice is reproducible and moves the decoder (the shipped weights come from these code paths)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from FastMedSAMLib.models import load_model, slice_adapter
+from FastMedSAMLib.refine.data import _record, training_slices
+from FastMedSAMLib.refine.train import TrainConfig, _pointed_errors, train
+
+
+def test_pointed_error_is_the_clicked_error_component():
+    truth = np.zeros((2, 32, 32), dtype=bool)
+    truth[:, 4:20, 4:20] = True
+    predicted = truth.copy()
+    predicted[:, 4:8, 4:20] = False  # a missed band at the top
+    predicted[:, 26:30, 26:30] = True  # a false blob elsewhere
+    pointed = _pointed_errors(predicted, truth, [(10, 5, 1), None]).numpy()
+    assert pointed[0].sum() == 4 * 16 and pointed[0][4:8, 4:20].all()  # the band only, not the blob
+    assert not pointed[1].any()  # no new click: nothing pointed at
+    blob = _pointed_errors(predicted, truth, [(27, 27, 0), None]).numpy()
+    assert blob[0].sum() == 16 and blob[0][26:30, 26:30].all()
+
+
+@pytest.fixture(scope="module")
+def record(manifest_path):
+    """The first training slice of the split (a real 2D image) with its objects, encoded by LiteMedSAM."""
+    source, rgb, objects = next(training_slices(manifest_path, seed=0))
+    net = load_model("litemedsam")
+    return _record(source, rgb, objects, net, slice_adapter("litemedsam"), seed=0)
+
+
+def _decoder_state(config: TrainConfig, record) -> dict:
+    torch.set_num_threads(1)
+    net = load_model("litemedsam")
+    report = train(net, [record], config, progress=False)
+    assert all(np.isfinite(h["loss"]) for h in report["history"])
+    return {k: v.clone() for k, v in net.mask_decoder.state_dict().items()}
+
+
+def test_every_round_error_target_training_is_reproducible_and_learns(record):
+    config = TrainConfig(steps=3, batch=2, lr=1e-3, every_round=True, click_loss=1.0, click_target="error",
+                         keep_loss=0.5, p_first_only=0.0)
+    first, second = _decoder_state(config, record), _decoder_state(config, record)
+    assert all(torch.equal(first[k], second[k]) for k in first)  # same seed, cache and settings: same weights
+    original = load_model("litemedsam").mask_decoder.state_dict()
+    assert any(not torch.equal(first[k], original[k]) for k in first)  # the steps changed the decoder
+    other = _decoder_state(TrainConfig(steps=3, batch=2, lr=1e-3, click_loss=1.0, click_target="error",
+                                       keep_loss=0.5, p_first_only=0.0), record)
+    assert any(not torch.equal(first[k], other[k]) for k in first)  # losses on every round train differently
