@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=4, help="objects per step (default 4)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: refine.train.TrainConfig's, 1e-4)")
     p.add_argument("--click-loss", type=float, default=0.0,
-                   help="weight of a BCE on disks around the clicks (default 0: off)")
+                   help="weight of a BCE on the pixels the clicks point at, see --click-target (default 0: off)")
     p.add_argument("--keep-loss", type=float, default=0.0,
                    help="weight of a BCE on the pixels the previous round had right, so that a click leaves them "
                         "alone (default 0: off)")
