@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="refine: the clicks' focus window factor on 2D slices (refine/focus.py; inf = no window; "
                         "default: the engine's tuned value)")
     p.add_argument("--focus-3d", type=_focus, help="refine: the same for clicks on volumes")
+    p.add_argument("--follow", type=float,
+                   help="refine: radius in pixels that a click the decoder does not obey still sets to its side "
+                        "(0 = none; default: the engine's)")
     add_pause(p, several=True)
     add_runtime(p)
     add_device(p)
@@ -108,7 +111,7 @@ def _refine(args: argparse.Namespace) -> int:
         max_targets=args.max_targets or 20, device=args.device, refine_model=args.model or REFINE_MODEL,
         refine_weights=None if args.weights == "official" else Path(args.weights),
         embedding_cache=args.embedding_cache, progress=not args.quiet, split=args.split or VALIDATION,
-        focus=args.focus, focus_3d=args.focus_3d,
+        focus=args.focus, focus_3d=args.focus_3d, follow=args.follow,
     )
     return emit(report, markdown(report), args.out)
 

@@ -3,8 +3,9 @@
 The decoder re-predicts the whole object from the box, every click and the previous mask; left alone, that new
 prediction also moves parts of the mask nobody pointed at, which is where clicks harm. So, per click:
 * it must be obeyed: the clicked pixel (voxel) must end up on the click's side (inside for an include click,
-  outside for an exclude click); a click the decoder does not follow changes nothing, rather than something
-  elsewhere;
+  outside for an exclude click); a click the decoder does not follow changes nothing elsewhere, but still sets
+  its own spot, a disk of `FOLLOW_PX` pixels on its slice (so a click always does what it says where it lands,
+  and the next click, at the deepest remaining error, lands somewhere new instead of on the same pixel);
 * its edit stays in a focus window: a disk (a cylinder across slices in 3D) around the click whose radius is
   `focus` times the click's depth, its distance to the previous mask's border (where the previous mask turns to
   the click's side), at least `FOCUS_MIN_PX` (`FOCUS` in 2D, `FOCUS_3D` in 3D); the deepest point of an error
@@ -14,7 +15,8 @@ prediction also moves parts of the mask nobody pointed at, which is where clicks
   mask next to one that shrinks it is two edits, and the click asked for one);
 * within the window, only the connected piece of that change that holds the click is kept (8-connected in 2D,
   26 in 3D).
-The kept pieces of all clicks are applied together, so the result does not depend on the clicks' order."""
+The kept pieces (and spots) of all clicks are applied together, so the result does not depend on the clicks'
+order (where an include and an exclude spot overlap, the exclude click wins)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -28,6 +30,7 @@ from ..prompts import Point
 FOCUS = 1.5
 FOCUS_3D = 3.0
 FOCUS_MIN_PX = 3.0
+FOLLOW_PX = 3.0
 
 
 def _index(point: Point, shape: Tuple[int, ...]) -> Tuple[int, ...]:
@@ -56,21 +59,36 @@ def focus_window(previous: np.ndarray, point: Point, focus: float) -> Optional[n
     return np.broadcast_to(disk, previous.shape)
 
 
+def _disk(shape: Tuple[int, ...], index: Tuple[int, ...], radius: float) -> np.ndarray:
+    """A disk of `radius` pixels around `index` on its own slice (the whole array when 2D), boolean of `shape`."""
+    h, w = shape[-2:]
+    yy, xx = np.ogrid[:h, :w]
+    disk = (yy - index[-2]) ** 2 + (xx - index[-1]) ** 2 <= radius**2
+    out = np.zeros(shape, dtype=bool)
+    out[index[:-2]] = disk
+    return out
+
+
 def local_edit(previous: np.ndarray, refined: np.ndarray, points: Sequence[Point],
-               focus: float = FOCUS) -> np.ndarray:
+               focus: float = FOCUS, follow: float = FOLLOW_PX) -> np.ndarray:
     """`previous` with, for each click that `refined` obeys, the connected piece of the change on the click's side
-    (added for an include click, removed for an exclude click) within its focus window that holds the click.
-    2D: (H, W) arrays indexed by the clicks' y, x; 3D: (Z, Y, X) arrays indexed by z, y, x."""
+    (added for an include click, removed for an exclude click) within its focus window that holds the click; and,
+    for each click it does not obey whose pixel `previous` has wrong, a disk of `follow` pixels around the click on
+    its slice set to the click's side (0: none). 2D: (H, W) arrays indexed by the clicks' y, x; 3D: (Z, Y, X)
+    arrays indexed by z, y, x."""
     changed = refined != previous
     out = previous.copy()
-    if not changed.any():
-        return out
     structure = np.ones((3,) * changed.ndim, dtype=bool)
     keep = np.zeros_like(changed)
+    forced = {True: np.zeros_like(changed), False: np.zeros_like(changed)}
     for point in points:
         index = _index(point, changed.shape)
-        if not changed[index] or bool(refined[index]) != point.positive:
-            continue  # the click is not obeyed (or its pixel was right already): it changes nothing
+        if bool(previous[index]) == point.positive:
+            continue  # its pixel was right already (the decoder may not take it back)
+        if bool(refined[index]) != point.positive:
+            if follow > 0:  # not obeyed: the click still sets its own spot, and the next click lands elsewhere
+                forced[point.positive] |= _disk(changed.shape, index, follow)
+            continue
         window = focus_window(previous, point, focus)
         region = changed & (refined if point.positive else previous)  # include clicks add, exclude clicks remove
         if window is not None:
@@ -78,4 +96,6 @@ def local_edit(previous: np.ndarray, refined: np.ndarray, points: Sequence[Point
         pieces, _ = ndimage.label(region, structure=structure)
         keep |= pieces == pieces[index]
     out[keep] = refined[keep]
+    out[forced[True]] = True
+    out[forced[False]] = False  # where an include and an exclude disk overlap, the exclude click wins
     return out

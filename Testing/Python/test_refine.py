@@ -206,7 +206,11 @@ def test_a_click_keeps_only_the_change_it_lands_in(ndim):
     edited = local_edit(previous, refined, [click])
     assert edited[near].all() and not edited[far].any()
     assert np.array_equal(local_edit(previous, refined, [Point(30, 30, 2 if ndim == 3 else None), click]), refined)
-    assert np.array_equal(local_edit(previous, refined, [Point(20, 20, 2 if ndim == 3 else None)]), previous)
+    unobeyed = Point(20, 20, 2 if ndim == 3 else None)  # the decoder leaves its pixel outside
+    assert np.array_equal(local_edit(previous, refined, [unobeyed], follow=0), previous)
+    followed = local_edit(previous, refined, [unobeyed])  # the click still sets its own spot, nothing else
+    spot = followed & ~previous
+    assert spot[(2,) * (ndim - 2) + (20, 20)] and spot.sum() == 29  # a radius-3 disk, on the click's slice only
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -227,6 +231,9 @@ def test_a_click_changes_only_its_side_in_its_focus_window_and_only_if_obeyed(nd
     assert np.array_equal(local_edit(previous, refined, [click], focus=float("inf")), refined)
     # an exclude click the decoder does not follow (its pixel ends up inside) changes nothing, not even nearby
     assert np.array_equal(local_edit(previous, refined, [Point(33, 20, 2 if ndim == 3 else None, positive=False)]), previous)
+    # an exclude click inside the mask that the decoder ignores still removes its own spot, on its slice only
+    carved = local_edit(previous, previous.copy(), [Point(20, 20, 2 if ndim == 3 else None, positive=False)])
+    assert (previous & ~carved).sum() == 29 and not carved[(2,) * (ndim - 2) + (20, 20)]
     # an older click whose pixel the new prediction turns wrong keeps its pixel
     undo = previous.copy()
     undo[lead + (slice(10, 30), slice(10, 15))] = False
