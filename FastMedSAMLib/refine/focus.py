@@ -4,7 +4,7 @@ The decoder re-predicts the whole object from the box, every click and the previ
 prediction also moves parts of the mask nobody pointed at, which is where clicks harm. So, per click:
 * it must be obeyed: the clicked pixel (voxel) must end up on the click's side (inside for an include click,
   outside for an exclude click); a click the decoder does not follow changes nothing elsewhere, but still sets
-  its own spot, a disk of `FOLLOW_PX` pixels on its slice (so a click always does what it says where it lands,
+  its own spot, a disk of `follow` pixels on its slice (`FOLLOW_PX` in 2D, none in 3D; so a click always does what it says where it lands,
   and the next click, at the deepest remaining error, lands somewhere new instead of on the same pixel);
 * its edit stays in a focus window: a disk (a cylinder across slices in 3D) around the click whose radius is
   `focus` times the click's depth, its distance to the previous mask's border (where the previous mask turns to
@@ -30,7 +30,7 @@ from ..prompts import Point
 FOCUS = 1.5
 FOCUS_3D = 3.0
 FOCUS_MIN_PX = 3.0
-FOLLOW_PX = 3.0
+FOLLOW_PX = 3.0  # 2D; tuned on the training cases too (2, 3, 5 px); RefineEngine does not use it in 3D
 
 
 def _index(point: Point, shape: Tuple[int, ...]) -> Tuple[int, ...]:
@@ -53,19 +53,20 @@ def focus_window(previous: np.ndarray, point: Point, focus: float) -> Optional[n
     radius = max(focus * _depth(plane, index[-2:]), FOCUS_MIN_PX)
     if not np.isfinite(radius):
         return None
-    h, w = previous.shape[-2:]
-    yy, xx = np.ogrid[:h, :w]
-    disk = (yy - index[-2]) ** 2 + (xx - index[-1]) ** 2 <= radius**2
-    return np.broadcast_to(disk, previous.shape)
+    return np.broadcast_to(_plane_disk(previous.shape, index, radius), previous.shape)
 
 
-def _disk(shape: Tuple[int, ...], index: Tuple[int, ...], radius: float) -> np.ndarray:
-    """A disk of `radius` pixels around `index` on its own slice (the whole array when 2D), boolean of `shape`."""
+def _plane_disk(shape: Tuple[int, ...], index: Tuple[int, ...], radius: float) -> np.ndarray:
+    """(H, W) bool: the disk of `radius` pixels around `index`'s last two coordinates."""
     h, w = shape[-2:]
     yy, xx = np.ogrid[:h, :w]
-    disk = (yy - index[-2]) ** 2 + (xx - index[-1]) ** 2 <= radius**2
+    return (yy - index[-2]) ** 2 + (xx - index[-1]) ** 2 <= radius**2
+
+
+def _spot(shape: Tuple[int, ...], index: Tuple[int, ...], radius: float) -> np.ndarray:
+    """A disk of `radius` pixels around `index` on its own slice only (the whole array when 2D)."""
     out = np.zeros(shape, dtype=bool)
-    out[index[:-2]] = disk
+    out[index[:-2]] = _plane_disk(shape, index, radius)
     return out
 
 
@@ -87,7 +88,7 @@ def local_edit(previous: np.ndarray, refined: np.ndarray, points: Sequence[Point
             continue  # its pixel was right already (the decoder may not take it back)
         if bool(refined[index]) != point.positive:
             if follow > 0:  # not obeyed: the click still sets its own spot, and the next click lands elsewhere
-                forced[point.positive] |= _disk(changed.shape, index, follow)
+                forced[point.positive] |= _spot(changed.shape, index, follow)
             continue
         window = focus_window(previous, point, focus)
         region = changed & (refined if point.positive else previous)  # include clicks add, exclude clicks remove
