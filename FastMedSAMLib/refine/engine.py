@@ -42,8 +42,9 @@ class RefineEngine:
     def __init__(self, slices: SliceEngine, focus: float = FOCUS, focus_3d: float = FOCUS_3D, follow: float = FOLLOW_PX) -> None:
         self.slices = slices
         self.focus, self.focus_3d = focus, focus_3d  # the clicks' focus window factors (refine/focus.py); inf: none
-        # 2D: the radius a click the decoder does not obey still sets around itself (refine/focus.py); not in 3D,
-        # where one slice's spot would be spread to its neighbours (on the training cases that harmed 1 of 9 objects)
+        # the radius a click the decoder does not obey still sets around itself (refine/focus.py); in 3D only on
+        # the click's slice, after the spreading, which would carry it to the neighbours (on the training cases a
+        # spread spot harmed 1 of 9 objects, the unspread one none)
         self.follow = follow
 
     def _decode(
@@ -166,7 +167,7 @@ class RefineEngine:
             self._follow(key_prefix, volume_u8, result, z, hi, 1, before, paused)
             self._follow(key_prefix, volume_u8, result, z, lo, -1, before, paused)
         if points:  # in 3D too, a click edits the object where it lands: changes not connected to a click go
-            result.mask = local_edit(start, result.mask, points, self.focus_3d, follow=0)
+            result.mask = local_edit(start, result.mask, points, self.focus_3d, self.follow)
         zs = np.nonzero(result.mask.reshape(result.mask.shape[0], -1).any(axis=1))[0]
         result.z_range = (int(zs.min()), int(zs.max())) if len(zs) else None
         if paused:

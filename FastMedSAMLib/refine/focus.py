@@ -4,7 +4,7 @@ The decoder re-predicts the whole object from the box, every click and the previ
 prediction also moves parts of the mask nobody pointed at, which is where clicks harm. So, per click:
 * it must be obeyed: the clicked pixel (voxel) must end up on the click's side (inside for an include click,
   outside for an exclude click); a click the decoder does not follow changes nothing elsewhere, but still sets
-  its own spot, a disk of `follow` pixels on its slice (`FOLLOW_PX` in 2D, none in 3D; so a click always does what it says where it lands,
+  its own spot, a disk of `follow` pixels on its slice (`FOLLOW_PX`; so a click always does what it says where it lands,
   and the next click, at the deepest remaining error, lands somewhere new instead of on the same pixel);
 * its edit stays in a focus window: a disk (a cylinder across slices in 3D) around the click whose radius is
   `focus` times the click's depth, its distance to the previous mask's border (where the previous mask turns to
@@ -30,7 +30,7 @@ from ..prompts import Point
 FOCUS = 1.5
 FOCUS_3D = 3.0
 FOCUS_MIN_PX = 3.0
-FOLLOW_PX = 3.0  # 2D; tuned on the training cases too (2, 3, 5 px); RefineEngine does not use it in 3D
+FOLLOW_PX = 3.0  # tuned on the training cases too (2, 3, 5 px)
 
 
 def _index(point: Point, shape: Tuple[int, ...]) -> Tuple[int, ...]:
