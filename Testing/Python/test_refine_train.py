@@ -33,7 +33,6 @@ def record(manifest_path):
 
 
 def _decoder_state(config: TrainConfig, record) -> dict:
-    torch.set_num_threads(1)
     net = load_model("litemedsam")
     report = train(net, [record], config, progress=False)
     assert all(np.isfinite(h["loss"]) for h in report["history"])
