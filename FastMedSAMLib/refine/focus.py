@@ -6,7 +6,7 @@ prediction also moves parts of the mask nobody pointed at, which is where clicks
   outside for an exclude click); a click the decoder does not follow changes nothing elsewhere, but still sets
   its own spot, a disk of `follow` pixels on its slice (`FOLLOW_PX`; so a click always does what it says where it lands,
   and the next click, at the deepest remaining error, lands somewhere new instead of on the same pixel);
-* its edit stays in a focus window: a disk (a cylinder across slices in 3D) around the click whose radius is
+* its edit stays in a focus window: a disk (a ball in voxels in 3D) around the click whose radius is
   `focus` times the click's depth, its distance to the previous mask's border (where the previous mask turns to
   the click's side), at least `FOCUS_MIN_PX` (`FOCUS` in 2D, `FOCUS_3D` in 3D); the deepest point of an error
   region is as deep as the region is wide, so the window holds the error the click points at and not much more.
@@ -53,14 +53,24 @@ def focus_window(previous: np.ndarray, point: Point, focus: float) -> Optional[n
     radius = max(focus * _depth(plane, index[-2:]), FOCUS_MIN_PX)
     if not np.isfinite(radius):
         return None
-    return np.broadcast_to(_plane_disk(previous.shape, index, radius), previous.shape)
+    if previous.ndim == 2:
+        return _plane_disk(previous.shape, index, radius)
+    # a ball in voxels: the click's reach narrows with the distance from its slice (as a cylinder through every
+    # slice it let one exclude click on the LA heart's top slices strip true voxels 40 slices away)
+    z = np.arange(previous.shape[0])[:, None, None]
+    return (z - index[0]) ** 2 + _plane_distance2(previous.shape, index) <= radius**2
+
+
+def _plane_distance2(shape: Tuple[int, ...], index: Tuple[int, ...]) -> np.ndarray:
+    """(H, W) squared in-plane distances to `index`'s last two coordinates."""
+    h, w = shape[-2:]
+    yy, xx = np.ogrid[:h, :w]
+    return (yy - index[-2]) ** 2 + (xx - index[-1]) ** 2
 
 
 def _plane_disk(shape: Tuple[int, ...], index: Tuple[int, ...], radius: float) -> np.ndarray:
     """(H, W) bool: the disk of `radius` pixels around `index`'s last two coordinates."""
-    h, w = shape[-2:]
-    yy, xx = np.ogrid[:h, :w]
-    return (yy - index[-2]) ** 2 + (xx - index[-1]) ** 2 <= radius**2
+    return _plane_distance2(shape, index) <= radius**2
 
 
 def _spot(shape: Tuple[int, ...], index: Tuple[int, ...], radius: float) -> np.ndarray:

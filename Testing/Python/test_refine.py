@@ -260,3 +260,19 @@ def test_eval_runs_the_asked_side_of_the_split_and_refuses_the_other_protocols_s
     assert report["split"] == TRAIN and report["focus"] == [2.0, float("inf")] and report["rows"]
     assert all(sides[case_key(e)] == TRAIN for e in read_manifest(manifest_path)
                if e.image_name in {r["image"] for r in report["rows"]})
+
+
+def test_a_volume_click_reaches_fewer_voxels_the_farther_the_slice():
+    from FastMedSAMLib.refine.focus import focus_window, local_edit
+
+    previous = np.zeros((40, 60, 60), dtype=bool)
+    previous[:, 10:30, 10:30] = True  # a column through every slice
+    refined = previous.copy()
+    refined[:, 10:30, 30:40] = True  # grows right on every slice, as one 26-connected piece
+    click = Point(33, 20, 20)  # include, 4 px right of the border on slice 20: a ball of radius 2 x 4 = 8 voxels
+    window = focus_window(previous, click, 2.0)
+    assert window[20, 20, 33 - 8] and not window[20, 20, 33 - 9]  # in-plane radius 8 on the click's slice
+    assert window[28, 20, 33] and not window[29, 20, 33] and not window[20 - 9].any()  # 8 slices up / down, no more
+    edited = local_edit(previous, refined, [click], focus=2.0)
+    grown = (edited & ~previous).reshape(40, -1).sum(axis=1)
+    assert grown[20] > grown[26] > grown[28] > 0 and not grown[:12].any() and not grown[29:].any()
