@@ -56,9 +56,14 @@ def focus_window(previous: np.ndarray, point: Point, focus: float) -> Optional[n
     if previous.ndim == 2:
         return _plane_disk(previous.shape, index, radius)
     # a ball in voxels: the click's reach narrows with the distance from its slice (as a cylinder through every
-    # slice it let one exclude click on the LA heart's top slices strip true voxels 40 slices away)
-    z = np.arange(previous.shape[0])[:, None, None]
-    return (z - index[0]) ** 2 + _plane_distance2(previous.shape, index) <= radius**2
+    # slice it let one exclude click on the LA heart's top slices strip true voxels 40 slices away); built slice by
+    # slice over the slices it reaches, so no (Z, H, W) array of distances is ever formed
+    window = np.zeros(previous.shape, dtype=bool)
+    distance2 = _plane_distance2(previous.shape, index)
+    reach = int(radius)
+    for z in range(max(0, index[0] - reach), min(previous.shape[0], index[0] + reach + 1)):
+        window[z] = distance2 <= radius**2 - (z - index[0]) ** 2
+    return window
 
 
 def _plane_distance2(shape: Tuple[int, ...], index: Tuple[int, ...]) -> np.ndarray:
