@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .arguments import add_device, add_manifest, add_pause, add_runtime, emit, name_list, positive_int
 
@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--follow", type=float,
                    help="refine: radius in pixels that a click the decoder does not obey still sets to its side "
                         "(0 = none; default: the engine's)")
+    p.add_argument("--border", type=_band, metavar="WIDTH,REACH",
+                   help="refine: the focus window's reach along the previous border on 2D slices, in click depths "
+                        "(0,0 = none; default: the engine's)")
+    p.add_argument("--border-3d", type=_band, metavar="WIDTH,REACH", help="refine: the same for clicks on volumes")
+    p.add_argument("--spot-border", type=_band, metavar="WIDTH,REACH",
+                   help="refine: the same for the spot a click the decoder does not obey sets on a 2D slice")
     add_pause(p, several=True)
     add_runtime(p)
     add_device(p)
@@ -97,6 +103,20 @@ def _focus(text: str) -> float:
     return value
 
 
+def _band(text: str) -> Tuple[float, float]:
+    try:
+        width, reach = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a band is WIDTH,REACH (e.g. 0.5,8), got {text}") from None
+    if width < 0 or reach < 0:
+        raise argparse.ArgumentTypeError(f"a band's width and reach must be >= 0, got {text}")
+    return width, reach
+
+
+def _given(**fields) -> dict:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def _refine(args: argparse.Namespace) -> int:
     from ..errors import PromptError
     from ..refine.protocol import REFINE_MODEL, evaluate_refine, markdown
@@ -111,7 +131,8 @@ def _refine(args: argparse.Namespace) -> int:
         max_targets=args.max_targets or 20, device=args.device, refine_model=args.model or REFINE_MODEL,
         refine_weights=None if args.weights == "official" else Path(args.weights),
         embedding_cache=args.embedding_cache, progress=not args.quiet, split=args.split or VALIDATION,
-        focus=args.focus, focus_3d=args.focus_3d, follow=args.follow,
+        rule=_given(focus=args.focus, follow=args.follow, border=args.border, spot_border=args.spot_border),
+        rule_3d=_given(focus=args.focus_3d, follow=args.follow, border=args.border_3d),
     )
     return emit(report, markdown(report), args.out)
 

@@ -9,6 +9,7 @@ propagation (`SliceEngine.propagate`) stays what `litemedsam` runs."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,7 +23,7 @@ from ..prompts import Box, Box3D, Point
 from ..runtime.device import synchronize
 from ..timing import ms_since
 from .data import to_frame
-from .focus import FOCUS, FOCUS_3D, FOLLOW_PX, local_edit
+from .focus import RULE_2D, RULE_3D, ClickRule, local_edit
 from .prompting import mask_prompt
 
 DIES_OUT_DICE = 0.97  # a re-propagated slice this close to the previous result ends the correction's spread
@@ -39,13 +40,12 @@ def _frame_points(points: Sequence[Point], frame: Frame) -> Tuple[torch.Tensor, 
 class RefineEngine:
     """Decodes with box + points + mask prompts through `slices`' net, adapter, encoder and cache."""
 
-    def __init__(self, slices: SliceEngine, focus: float = FOCUS, focus_3d: float = FOCUS_3D, follow: float = FOLLOW_PX) -> None:
+    def __init__(self, slices: SliceEngine, rule: ClickRule = RULE_2D, rule_3d: ClickRule = RULE_3D) -> None:
         self.slices = slices
-        self.focus, self.focus_3d = focus, focus_3d  # the clicks' focus window factors (refine/focus.py); inf: none
-        # the radius a click the decoder does not obey still sets around itself (refine/focus.py); in 3D only on
-        # the click's slice, after the spreading, which would carry it to the neighbours (on the training cases a
-        # spread spot harmed 1 of 9 objects, the unspread one none)
-        self.follow = follow
+        # how far a click's edit reaches on a slice and in a volume (refine/focus.py); in 3D a click the decoder
+        # does not obey sets its spot only on its slice, after the spreading, which would carry it to the
+        # neighbours (on the training cases a spread spot harmed 1 of 9 objects, the unspread one none)
+        self.rule, self.rule_3d = rule, rule_3d
 
     def _decode(
         self,
@@ -86,7 +86,7 @@ class RefineEngine:
             previous = None  # an empty previous mask says nothing; the prompt encoder's "no mask" is what it means
         mask, iou = self._decode(embedding, frame, frame_box, points, previous, timings)
         if previous is not None and points:
-            mask = local_edit(previous, mask, points, self.focus, self.follow)
+            mask = local_edit(previous, mask, points, self.rule)
         return SliceResult(mask, iou, timings, encoded, paused)
 
     # -- 3D ------------------------------------------------------------------------------------------------------
@@ -161,13 +161,13 @@ class RefineEngine:
             frame_box = None if box is None else frame.box_to_frame(box.x0, box.y0, box.x1, box.y1)
             prior = before[z] if before[z].any() else None
             refined, result.iou = self._decode(embedding, frame, frame_box, by_slice[z], prior, result.timings)
-            result.mask[z] = refined if prior is None else local_edit(prior, refined, by_slice[z], self.focus_3d, follow=0)
+            result.mask[z] = refined if prior is None else local_edit(prior, refined, by_slice[z], replace(self.rule_3d, follow=0))
             if np.array_equal(result.mask[z], before[z]):
                 continue  # no click on this slice was obeyed: nothing to spread
             self._follow(key_prefix, volume_u8, result, z, hi, 1, before, paused)
             self._follow(key_prefix, volume_u8, result, z, lo, -1, before, paused)
         if points:  # in 3D too, a click edits the object where it lands: changes not connected to a click go
-            result.mask = local_edit(start, result.mask, points, self.focus_3d, self.follow)
+            result.mask = local_edit(start, result.mask, points, self.rule_3d)
         zs = np.nonzero(result.mask.reshape(result.mask.shape[0], -1).any(axis=1))[0]
         result.z_range = (int(zs.min()), int(zs.max())) if len(zs) else None
         if paused:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -109,21 +110,18 @@ def evaluate_refine(
     manifest: Union[str, Path], *, clicks: int = 5, noc_max: int = 20, datasets: Optional[Sequence[str]] = None,
     max_targets: Optional[int] = 20, device: str = "cpu", refine_model: str = REFINE_MODEL,
     refine_weights: Optional[Path] = None, embedding_cache: Optional[Path] = None, progress: bool = True, log=print,
-    split: str = VALIDATION, focus: Optional[float] = None, focus_3d: Optional[float] = None,
-    follow: Optional[float] = None,
+    split: str = VALIDATION, rule: Optional[Dict[str, Any]] = None, rule_3d: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """`split`: the side of the split to run on (validation for every reported figure; train to tune on);
-    `focus`, `focus_3d`: the clicks' focus window factors (refine/focus.py; inf = no window; None = the engine's);
-    `follow`: the radius a click the decoder does not obey still sets (0 = none; None = the engine's)."""
+    `rule`, `rule_3d`: fields of the engine's click rules (`refine/focus.ClickRule`) to change, e.g. {"focus": 2.0}."""
     from ..session import Session
     from .requests import refine_engine
 
     entries = part(read_manifest(manifest), split)
     refine = Session(model=refine_model, device=device, weights=refine_weights, cache_mb=4096)
     engine = refine_engine(refine)
-    engine.focus = engine.focus if focus is None else focus
-    engine.focus_3d = engine.focus_3d if focus_3d is None else focus_3d
-    engine.follow = engine.follow if follow is None else follow
+    engine.rule = replace(engine.rule, **(rule or {}))
+    engine.rule_3d = replace(engine.rule_3d, **(rule_3d or {}))
     baseline = Session(model=BASELINE_MODEL, device=device, cache_mb=4096)
     _share_cache(refine, baseline, embedding_cache)
     rows: List[Dict[str, Any]] = []
@@ -156,7 +154,8 @@ def evaluate_refine(
                     f"({time.perf_counter() - started:.0f} s)")
     _keep_cache(refine, embedding_cache)
     return {"protocol": "refine", "clicks": clicks, "noc_max": noc_max, "max_targets": max_targets,
-            "split": split, "focus": [engine.focus, engine.focus_3d], "follow": engine.follow, "models": [refine_model, BASELINE_MODEL], "seconds": time.perf_counter() - started,
+            "split": split, "rule": asdict(engine.rule), "rule_3d": asdict(engine.rule_3d),
+            "models": [refine_model, BASELINE_MODEL], "seconds": time.perf_counter() - started,
             "rows": rows, "summary": summarise(rows, [refine_model, BASELINE_MODEL], clicks)}
 
 

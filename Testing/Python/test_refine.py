@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -192,9 +193,17 @@ def test_refine_model_keeps_litemedsam_encoder(tmp_path):
         assert np.array_equal(a.numpy(), b.numpy()), name
 
 
+def _rule(ndim, **fields):
+    """The engine's click rule for slices (2) or volumes (3), its fields changed; without the bands along the
+    previous border unless asked (those have a test of their own)."""
+    from FastMedSAMLib.refine.focus import NO_BAND, RULE_2D, RULE_3D
+
+    return replace(RULE_2D if ndim == 2 else RULE_3D, **{"border": NO_BAND, "spot_border": NO_BAND, **fields})
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_a_click_keeps_only_the_change_it_lands_in(ndim):
-    from FastMedSAMLib.refine.engine import local_edit
+    from FastMedSAMLib.refine.focus import local_edit
 
     shape = (6, 40, 40)[-ndim:]
     previous = np.zeros(shape, dtype=bool)
@@ -203,12 +212,12 @@ def test_a_click_keeps_only_the_change_it_lands_in(ndim):
     far = (slice(1, 4),) * (ndim - 2) + (slice(25, 35), slice(25, 35))  # a leak nobody pointed at
     refined[near] = refined[far] = True
     click = Point(8, 8, 2 if ndim == 3 else None)
-    edited = local_edit(previous, refined, [click])
+    edited = local_edit(previous, refined, [click], _rule(ndim))
     assert edited[near].all() and not edited[far].any()
-    assert np.array_equal(local_edit(previous, refined, [Point(30, 30, 2 if ndim == 3 else None), click]), refined)
+    assert np.array_equal(local_edit(previous, refined, [Point(30, 30, 2 if ndim == 3 else None), click], _rule(ndim)), refined)
     unobeyed = Point(20, 20, 2 if ndim == 3 else None)  # the decoder leaves its pixel outside
-    assert np.array_equal(local_edit(previous, refined, [unobeyed], follow=0), previous)
-    followed = local_edit(previous, refined, [unobeyed])  # the click still sets its own spot, nothing else
+    assert np.array_equal(local_edit(previous, refined, [unobeyed], _rule(ndim, follow=0)), previous)
+    followed = local_edit(previous, refined, [unobeyed], _rule(ndim))  # the click still sets its own spot, nothing else
     spot = followed & ~previous
     assert spot[(2,) * (ndim - 2) + (20, 20)] and spot.sum() == 29  # a radius-3 disk, on the click's slice only
 
@@ -224,25 +233,46 @@ def test_a_click_changes_only_its_side_in_its_focus_window_and_only_if_obeyed(nd
     refined = previous.copy()
     refined[lead + (slice(10, 30), slice(30, 55))] = True  # grows right, far beyond what was pointed at
     click = Point(33, 20, 2 if ndim == 3 else None)  # an include click 4 px right of the mask's border
-    edited = local_edit(previous, refined, [click], focus=2.0)
+    edited = local_edit(previous, refined, [click], _rule(ndim, focus=2.0))
     yy, xx = np.nonzero(edited[(2,) if ndim == 3 else ()] & ~previous[(2,) if ndim == 3 else ()])
     assert edited[lead + (20, 33)].all() and np.hypot(yy - 20, xx - 33).max() <= 2.0 * 4 + 1e-9
     assert not edited[lead + (slice(None), slice(45, 55))].any()  # far from the click: untouched
-    assert np.array_equal(local_edit(previous, refined, [click], focus=float("inf")), refined)
+    assert np.array_equal(local_edit(previous, refined, [click], _rule(ndim, focus=float("inf"))), refined)
     # an exclude click the decoder does not follow (its pixel ends up inside) changes nothing, not even nearby
-    assert np.array_equal(local_edit(previous, refined, [Point(33, 20, 2 if ndim == 3 else None, positive=False)]), previous)
+    exclude = Point(33, 20, 2 if ndim == 3 else None, positive=False)
+    assert np.array_equal(local_edit(previous, refined, [exclude], _rule(ndim)), previous)
     # an exclude click inside the mask that the decoder ignores still removes its own spot, on its slice only
-    carved = local_edit(previous, previous.copy(), [Point(20, 20, 2 if ndim == 3 else None, positive=False)])
+    carved = local_edit(previous, previous.copy(), [Point(20, 20, 2 if ndim == 3 else None, positive=False)], _rule(ndim))
     assert (previous & ~carved).sum() == 29 and not carved[(2,) * (ndim - 2) + (20, 20)]
     # an older click whose pixel the new prediction turns wrong keeps its pixel
     undo = previous.copy()
     undo[lead + (slice(10, 30), slice(10, 15))] = False
-    assert np.array_equal(local_edit(previous, undo, [Point(12, 20, 2 if ndim == 3 else None)]), previous)
+    assert np.array_equal(local_edit(previous, undo, [Point(12, 20, 2 if ndim == 3 else None)], _rule(ndim)), previous)
     # an include click adds only: the same prediction also eating into the mask beside the click keeps the mask
     shifted = refined.copy()
     shifted[lead + (slice(10, 30), slice(26, 30))] = False
-    edited = local_edit(previous, shifted, [click], focus=float("inf"))
+    edited = local_edit(previous, shifted, [click], _rule(ndim, focus=float("inf")))
     assert edited[lead + (slice(10, 30), slice(26, 30))].all() and edited[lead + (20, 33)].all()
+
+
+def test_a_slice_click_reaches_along_the_previous_border_and_so_does_the_spot_of_one_not_followed():
+    from FastMedSAMLib.refine.focus import RULE_2D, local_edit
+
+    previous = np.zeros((60, 60), dtype=bool)
+    previous[10:30, 10:30] = True
+    refined = previous.copy()
+    refined[10:30, 30:38] = True  # an 8 px sliver along the whole right side, as the decoder fills it
+    click = Point(33, 20)  # include, depth 4 (nearest mask pixel: (20, 29))
+    disk_only = local_edit(previous, refined, [click], _rule(2))
+    assert disk_only[20, 33] and not disk_only[10, 30]  # 10.4 px from the click: outside a disk of 1.5 x 4
+    edited = local_edit(previous, refined, [click], RULE_2D)  # + within 0.5 x 4 px of the border, 8 x 4 px along it
+    assert edited[10:30, 30:32].all() and not edited[10, 32] and not edited[10, 35]
+    assert np.array_equal(edited & ~refined, np.zeros_like(edited))  # still only what the decoder proposed
+    # a click the decoder does not follow: its spot also takes the pixels within 1 x 4 px of the border, up to 1.5 x
+    # 4 px from the click; the disk alone (3 px) would not reach (15, 30)
+    followed = local_edit(previous, previous.copy(), [click], RULE_2D)
+    assert followed[15, 30] and not local_edit(previous, previous.copy(), [click], _rule(2))[15, 30]
+    assert followed[20, 33] and not followed[20, 37] and not followed[12, 30]
 
 
 def test_eval_runs_the_asked_side_of_the_split_and_refuses_the_other_protocols_sides(manifest_path, tmp_path):
@@ -254,10 +284,11 @@ def test_eval_runs_the_asked_side_of_the_split_and_refuses_the_other_protocols_s
     assert not list(tmp_path.iterdir())
     out = tmp_path / "train.json"
     assert main([*base, "--protocol", "refine", "--clicks", "1", "--noc-max", "1", "--split", "train",
-                 "--focus", "2", "--focus-3d", "inf", "--quiet", "--out", str(out)]) == 0
+                 "--focus", "2", "--focus-3d", "inf", "--border", "0,0", "--quiet", "--out", str(out)]) == 0
     report = json.loads(out.read_text(encoding="utf-8"))
     sides = split(read_manifest(manifest_path))
-    assert report["split"] == TRAIN and report["focus"] == [2.0, float("inf")] and report["rows"]
+    assert report["split"] == TRAIN and report["rows"]
+    assert report["rule"]["focus"] == 2.0 and report["rule"]["border"] == [0, 0] and report["rule_3d"]["focus"] == float("inf")
     assert all(sides[case_key(e)] == TRAIN for e in read_manifest(manifest_path)
                if e.image_name in {r["image"] for r in report["rows"]})
 
@@ -273,6 +304,6 @@ def test_a_volume_click_reaches_fewer_voxels_the_farther_the_slice():
     window = focus_window(previous, click, 2.0)
     assert window[20, 20, 33 - 8] and not window[20, 20, 33 - 9]  # in-plane radius 8 on the click's slice
     assert window[28, 20, 33] and not window[29, 20, 33] and not window[20 - 9].any()  # 8 slices up / down, no more
-    edited = local_edit(previous, refined, [click], focus=2.0)
+    edited = local_edit(previous, refined, [click], _rule(3, focus=2.0))
     grown = (edited & ~previous).reshape(40, -1).sum(axis=1)
     assert grown[20] > grown[26] > grown[28] > 0 and not grown[:12].any() and not grown[29:].any()
