@@ -306,9 +306,28 @@ def test_a_volume_click_reaches_fewer_voxels_the_farther_the_slice():
     refined = previous.copy()
     refined[:, 10:30, 30:40] = True  # grows right on every slice, as one 26-connected piece
     click = Point(33, 20, 20)  # include, 4 px right of the border on slice 20: a ball of radius 2 x 4 = 8 voxels
-    window = focus_window(previous, click, 2.0)
+    window = focus_window(previous, click, _rule(3, focus=2.0, max_slices=float("inf")))
     assert window[20, 20, 33 - 8] and not window[20, 20, 33 - 9]  # in-plane radius 8 on the click's slice
     assert window[28, 20, 33] and not window[29, 20, 33] and not window[20 - 9].any()  # 8 slices up / down, no more
-    edited = local_edit(previous, refined, [click], _rule(3, focus=2.0))
+    edited = local_edit(previous, refined, [click], _rule(3, focus=2.0, max_slices=float("inf")))
     grown = (edited & ~previous).reshape(40, -1).sum(axis=1)
     assert grown[20] > grown[26] > grown[28] > 0 and not grown[:12].any() and not grown[29:].any()
+
+
+def test_a_volume_click_changes_what_lies_nearer_to_it_than_to_the_other_signs_clicks_within_twelve_slices():
+    from FastMedSAMLib.refine.focus import RULE_3D, focus_window, local_edit
+
+    previous = np.zeros((40, 60, 60), dtype=bool)
+    previous[:, 10:30, 10:30] = True
+    refined = previous.copy()
+    refined[:, 10:30, 24:30] = False  # the decoder strips the right side on every slice ...
+    refined[:, 10:30, 30:34] = True  # ... and grows it on every slice
+    include, exclude = Point(32, 20, 20), Point(27, 20, 26, positive=False)
+    edited = local_edit(previous, refined, [include, exclude], RULE_3D)
+    assert edited[20, 20, 27] and not edited[26, 20, 27]  # the strip goes only where the exclude click is nearer
+    assert edited[20, 20, 32] and not edited[26, 20, 32]  # the growth only where the include click is nearer
+    anyone = local_edit(previous, refined, [include, exclude], replace(RULE_3D, nearest_click=False))
+    assert not anyone[20, 20, 27] and anyone[26, 20, 32]
+    deep = Point(20, 20, 20, positive=False)  # 10 px deep: a ball of 30 voxels, but 12 slices up and down at most
+    window = focus_window(previous, deep, RULE_3D)
+    assert window[8].any() and window[32].any() and not window[7].any() and not window[33].any()
