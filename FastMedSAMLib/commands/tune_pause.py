@@ -23,6 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="heads file to write")
     p.add_argument("--steps", type=positive_int, default=200, help="optimisation steps (default 200)")
     p.add_argument("--rank", type=positive_int, default=8, help="adapter rank (default 8)")
+    p.add_argument("--mask-loss", type=float, default=0.0,
+                   help="weight of the mask term: the decoder's masks for random boxes from the paused embedding "
+                        "pulled towards the plain one's (default 0: embeddings only)")
+    p.add_argument("--boxes", type=positive_int, default=4, help="random boxes per step for the mask term (default 4)")
     p.add_argument("--cache", type=Path,
                    help="where the plain model's embeddings are cached (default: <user cache>/pause-tune, "
                         "honouring FASTMEDSAM_CACHE)")
@@ -42,19 +46,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = TuneConfig(steps=args.steps, rank=args.rank)
+    config = TuneConfig(steps=args.steps, rank=args.rank, mask_loss=args.mask_loss, boxes=args.boxes)
     commit = _commit()  # the code that runs, read before anything can change the checkout
     net = load_model("litemedsam")
     heads = load_pause_heads("litemedsam")
     sources = heads.meta["slice_sources"]
     slices = training_subset(args.manifest, sources, config.train_slices + config.valid_slices, config.seed)
     tuned, report = tune(net.image_encoder, heads, [rgb for _, _, rgb in slices], config, args.cache or cache_dir() / "pause-tune",
-                         progress=not args.quiet)
+                         progress=not args.quiet, decoder=(net.prompt_encoder, net.mask_decoder))
     report.update({"commit": commit, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
                    "slices": [source for _, source, _ in slices]})
     meta = {k: v for k, v in heads.meta.items() if k != "calibration"}
     sha256 = tuned.save(args.out, {**meta, "tuning": report})
     print(f"validation loss (relative MSE of the embedding) per knob: before {report['valid_loss_before']}, "
           f"after {report['valid_loss_after']}")
+    print(f"validation masks' Dice to the plain model's (8 random boxes a slice) per knob: before "
+          f"{report['valid_mask_dice_before']}, after {report['valid_mask_dice_after']}")
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes, sha256 {sha256}) in {report['seconds']} s")
     return 0

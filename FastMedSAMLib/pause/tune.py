@@ -5,8 +5,11 @@ The trainable parts act only on the paused path (pause = 0 never runs them): the
 paused tokens (`heads.catchup`, first fitted by ridge regression in `train.py`) and, per block, a low-rank adapter
 on the active tokens of a block that runs with paused tokens (`heads.adapters`, zero at first). Every step takes
 one unlabelled training slice and a random knob, runs the paused encoder (the heads decide, not trained here) and
-pulls its image embedding towards the unpaused model's (MSE relative to the embedding's variance). The frozen
-encoder, the heads and the decoder are untouched. Targets are the plain model's embeddings, cached on disk.
+pulls its image embedding towards the unpaused model's (MSE relative to the embedding's variance). With
+`mask_loss`, it also pulls the masks the decoder draws from the paused embedding, for random boxes on the slice,
+towards the masks it draws from the plain one (BCE against the plain logits' probabilities: what the score sees,
+where the embedding loss weighs every channel alike). The frozen encoder, the heads and the decoder are untouched.
+Targets are the plain model's embeddings, cached on disk.
 """
 from __future__ import annotations
 
@@ -15,13 +18,15 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.base import Frame
 from ..models.litemedsam import LiteMedSAMAdapter
+from ..refine.prompting import run_decoder
 from .heads import PauseHeads
 from .tinyvit_paused import PausedTinyViT
 from .train import to_storage_precision
@@ -39,6 +44,8 @@ class TuneConfig:
     rank: int = 8
     knob_low: float = 0.2
     knob_high: float = 1.0
+    mask_loss: float = 0.0  # weight of the mask term (0: embeddings only)
+    boxes: int = 4  # random boxes per step for the mask term
 
 
 def _key(tensor: torch.Tensor) -> str:
@@ -72,10 +79,50 @@ def _decider(heads: PauseHeads, threshold: float):
     return decide
 
 
+def random_boxes(frame: Frame, count: int, rng: np.random.Generator) -> torch.Tensor:
+    """(count, 4) boxes x0 y0 x1 y1 in the model frame, inside the image's part of it, 8 %–60 % of its side."""
+    w, h = frame.resized_width, frame.resized_height
+    sides = rng.uniform(0.08, 0.6, size=(count, 2)) * np.array([w, h])
+    corners = rng.uniform(0, 1, size=(count, 2)) * (np.array([w, h]) - sides)
+    return torch.from_numpy(np.concatenate([corners, corners + sides], axis=1).astype(np.float32))
+
+
+def _masks(decoder: Tuple[torch.nn.Module, torch.nn.Module], embedding: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Low-res mask logits (B, 1, S, S) of the frozen decoder for `boxes` on one embedding."""
+    logits, _ = run_decoder(*decoder, embedding.expand(len(boxes), -1, -1, -1), boxes=boxes)
+    return logits
+
+
 def distill_loss(runner: PausedTinyViT, heads: PauseHeads, tokens: torch.Tensor, target: torch.Tensor,
-                 knob: float) -> torch.Tensor:
+                 knob: float, decoder: Optional[Tuple[torch.nn.Module, torch.nn.Module]] = None,
+                 boxes: Optional[torch.Tensor] = None, mask_weight: float = 0.0) -> torch.Tensor:
+    """Relative MSE of the paused embedding, plus `mask_weight` x the BCE of its masks for `boxes` against the
+    plain embedding's mask probabilities (`decoder`: the frozen prompt encoder and mask decoder)."""
     embedding, _ = runner(torch.zeros(1, 3, 1, 1), decide=_decider(heads, heads.threshold(knob)), tokens=tokens)
-    return F.mse_loss(embedding, target) / target.var()
+    loss = F.mse_loss(embedding, target) / target.var()
+    if mask_weight and decoder is not None and boxes is not None:
+        with torch.no_grad():
+            teacher = torch.sigmoid(_masks(decoder, target, boxes))
+        loss = loss + mask_weight * F.binary_cross_entropy_with_logits(_masks(decoder, embedding, boxes), teacher)
+    return loss
+
+
+@torch.no_grad()
+def mask_agreement(runner: PausedTinyViT, heads: PauseHeads, fronts: Sequence[torch.Tensor],
+                   targets: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor],
+                   decoder: Tuple[torch.nn.Module, torch.nn.Module]) -> Dict[str, float]:
+    """Mean Dice between the masks of the paused and the plain embedding for fixed boxes, per validation knob."""
+    out = {}
+    for knob in VALID_KNOBS:
+        scores = []
+        for front, target, box in zip(fronts, targets, boxes):
+            embedding, _ = runner(torch.zeros(1, 3, 1, 1), decide=_decider(heads, heads.threshold(knob)), tokens=front)
+            a, b = _masks(decoder, embedding, box) > 0, _masks(decoder, target, box) > 0
+            inter = (a & b).flatten(1).sum(1).float()
+            total = (a.flatten(1).sum(1) + b.flatten(1).sum(1)).float()
+            scores += torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)).tolist()
+        out[f"{knob:g}"] = round(float(np.mean(scores)), 4)
+    return out
 
 
 @torch.no_grad()
@@ -86,8 +133,10 @@ def validate(runner: PausedTinyViT, heads: PauseHeads, fronts: Sequence[torch.Te
 
 
 def tune(encoder, heads_in: PauseHeads, rgbs: Sequence[np.ndarray], config: TuneConfig, cache: Path,
-         progress: bool = True) -> Tuple[PauseHeads, Dict]:
-    """A tuned copy of `heads_in` (catch-ups + new adapters) and a report (validation loss before/after)."""
+         progress: bool = True, decoder: Optional[Tuple[torch.nn.Module, torch.nn.Module]] = None) -> Tuple[PauseHeads, Dict]:
+    """A tuned copy of `heads_in` (catch-ups + new adapters) and a report (validation loss before/after; with
+    `decoder`, the frozen (prompt encoder, mask decoder), also the validation masks' agreement, and the mask term
+    when `config.mask_loss`)."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -99,20 +148,27 @@ def tune(encoder, heads_in: PauseHeads, rgbs: Sequence[np.ndarray], config: Tune
     trainable = list(heads.catchup.parameters()) + list(heads.adapters.parameters())
     for parameter in trainable:
         parameter.requires_grad_(True)
-    tensors = [LiteMedSAMAdapter().preprocess(rgb)[0] for rgb in rgbs]
+    prepared = [LiteMedSAMAdapter().preprocess(rgb) for rgb in rgbs]
+    tensors, frames = [t for t, _ in prepared], [f for _, f in prepared]
     targets = plain_targets(runner, tensors, cache)
     with torch.no_grad():
         fronts = [runner.front(t) for t in tensors]
     n_train = len(tensors) - config.valid_slices
     valid = (fronts[n_train:], targets[n_train:])
     before = validate(runner, heads, *valid)
+    if decoder is not None:
+        for module in decoder:
+            module.eval().requires_grad_(False)
+        valid_boxes = [random_boxes(f, 8, np.random.default_rng(config.seed + 1 + i)) for i, f in enumerate(frames[n_train:])]
+        agreement_before = mask_agreement(runner, heads, *valid, valid_boxes, decoder)
     optimiser = torch.optim.Adam(trainable, lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.steps)
     losses = []
     for step in range(config.steps):
         i = int(rng.integers(n_train))
         knob = float(rng.uniform(config.knob_low, config.knob_high))
-        loss = distill_loss(runner, heads, fronts[i], targets[i], knob)
+        boxes = random_boxes(frames[i], config.boxes, rng) if config.mask_loss else None
+        loss = distill_loss(runner, heads, fronts[i], targets[i], knob, decoder, boxes, config.mask_loss)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -129,4 +185,7 @@ def tune(encoder, heads_in: PauseHeads, rgbs: Sequence[np.ndarray], config: Tune
     report = {"config": asdict(config), "valid_loss_before": before, "valid_loss_after": after,
               "train_loss_first_last_20": [float(np.mean(losses[:20])), float(np.mean(losses[-20:]))],
               "seconds": round(time.perf_counter() - started, 1)}
+    if decoder is not None:
+        report["valid_mask_dice_before"] = agreement_before
+        report["valid_mask_dice_after"] = mask_agreement(runner, heads, *valid, valid_boxes, decoder)
     return heads.eval(), report

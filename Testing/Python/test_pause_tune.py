@@ -3,6 +3,7 @@ and the plain model stay untouched, and heads files with adapters round-trip thr
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,19 @@ def test_heads_with_adapters_round_trip_and_tampering_is_refused(tuned, tmp_path
     path.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="fail verification"):
         load_heads(path, sha256, "litemedsam")
+
+
+def test_the_mask_term_pulls_the_paused_masks_and_reports_their_agreement(net, slices, tmp_path: Path) -> None:
+    heads = load_pause_heads("litemedsam")
+    rgbs = [rgb for _, _, rgb in slices]
+    decoder = (net.prompt_encoder, net.mask_decoder)
+    frozen = {k: v.clone() for k, v in net.mask_decoder.state_dict().items()}
+    config = TuneConfig(train_slices=2, valid_slices=1, steps=2, rank=4, mask_loss=1.0, boxes=2)
+    with_masks, report = tune(net.image_encoder, heads, rgbs, config, tmp_path, progress=False, decoder=decoder)
+    without, _ = tune(net.image_encoder, heads, rgbs, replace(config, mask_loss=0.0), tmp_path, progress=False,
+                      decoder=decoder)
+    # same seed, same slices and knobs: only the mask term differs, and it moves the adapters
+    assert any(not torch.equal(a.up.weight, b.up.weight) for a, b in zip(with_masks.adapters, without.adapters))
+    for key in ("valid_mask_dice_before", "valid_mask_dice_after"):
+        assert set(report[key]) == {"0.25", "0.5", "0.75"} and all(0 <= v <= 1 for v in report[key].values())
+    assert all(torch.equal(v, net.mask_decoder.state_dict()[k]) for k, v in frozen.items())  # the decoder is frozen
