@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "each round's new click was drawn from")
     p.add_argument("--every-round", action="store_true",
                    help="a loss on every round of an episode (SAM's iterative training), not on the last one only")
+    p.add_argument("--rule-in-loop", action="store_true",
+                   help="feed each click round's mask back as inference does: the previous mask with the click "
+                        "rule's edit (refine/focus.py), not the decoder's whole answer")
     p.add_argument("--slices-per-volume", type=positive_int,
                    help="axial slices taken from each training volume (default: refine.data's, 12)")
     p.add_argument("--crops-per-image", type=positive_int,
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             raise WeightsError(f"{args.init} is not a litemedsam-refine prompt encoder + decoder file")
     config = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, click_loss=args.click_loss,
                          keep_loss=args.keep_loss, click_target=args.click_target, every_round=args.every_round,
+                         rule_in_loop=args.rule_in_loop,
                          **({} if args.lr is None else {"lr": args.lr}))
     report = train(net, records, config, progress=not args.quiet, log=log)
     sha256 = save(net, args.out)
@@ -99,6 +103,7 @@ def _note(args: argparse.Namespace, report: dict) -> str:
             + (f" --keep-loss {args.keep_loss}" if args.keep_loss else "")
             + (f" --click-target {args.click_target}" if args.click_target != "disk" else "")
             + (" --every-round" if args.every_round else "")
+            + (" --rule-in-loop" if args.rule_in_loop else "")
             + (f" --slices-per-volume {args.slices_per_volume}" if args.slices_per_volume else "")
             + (f" --crops-per-image {args.crops_per_image}" if args.crops_per_image else "")
             + (f" --init {args.init}" if args.init else ""))

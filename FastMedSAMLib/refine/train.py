@@ -12,7 +12,9 @@ Each step simulates one interaction episode for a batch of objects (SAM / RITM s
   `every_round` on every round (the prediction fed back is detached, as in SAM's iterative training), plus, with
   `click_loss`, a BCE on the pixels the clicks point at (`click_target` "disk": disks around the episode's clicks;
   "error": the connected error region the round's new click was drawn from, which the click asks to fix), and,
-  with `keep_loss`, a BCE on the pixels the previous round had right (a click must not break them).
+  with `keep_loss`, a BCE on the pixels the previous round had right (a click must not break them); with
+  `rule_in_loop`, each click round's mask is fed back as inference feeds it back (the previous mask with the click
+  rule's edit, `focus.local_edit`), not the decoder's whole answer.
 A third of the steps stop after the first prompt, so box-only results are trained all along. Fixed seed and one
 thread: the same cache and settings give the same weights."""
 from __future__ import annotations
@@ -26,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..prompts import Point
 from .clicks import deepest_error_click, first_click, random_error_click
 from .data import Record
+from .focus import RULE_2D, local_edit
 from .prompting import mask_prompt, run_decoder
 
 PAD = -1
@@ -55,6 +59,7 @@ class TrainConfig:
     click_target: str = "disk"  # the click loss's pixels: "disk" around every click, or "error": the error
     # region the round's new click was drawn from (what the evaluation's click asks to fix)
     every_round: bool = False  # a loss on every round of the episode (SAM's iterative training), not the last only
+    rule_in_loop: bool = False  # feed back what inference feeds back: the previous mask edited by the click rule
 
 
 def _bbox(mask: np.ndarray) -> np.ndarray:
@@ -197,7 +202,13 @@ def _episode(prompt_encoder, mask_decoder, records, chosen, mode: str, rng: np.r
                 total, terms = total + loss, terms + 1
         if r == rounds:
             break
-        predicted = (logits[:, 0] > 0).detach().numpy()
+        raw = (logits[:, 0] > 0).detach().numpy()
+        if config.rule_in_loop and predicted is not None and any(clicks):
+            # at inference a click round's answer is the previous mask with the click rule's edit, not the decoder's
+            # whole new mask, and that is what the next round is given
+            raw = np.stack([local_edit(p, m, [Point(x, y, positive=bool(label)) for x, y, label in c], RULE_2D)
+                            if c else m for p, m, c in zip(predicted, raw, clicks)])
+        predicted = raw
         dense = mask_prompt(torch.from_numpy(predicted))
         pointed = None
         if rng.random() < config.p_mask_only:
