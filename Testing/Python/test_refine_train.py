@@ -49,3 +49,19 @@ def test_every_round_error_target_training_is_reproducible_and_learns(record):
     other = _decoder_state(TrainConfig(steps=3, batch=2, lr=1e-3, click_loss=1.0, click_target="error",
                                        keep_loss=0.5, p_first_only=0.0), record)
     assert any(not torch.equal(first[k], other[k]) for k in first)  # losses on every round train differently
+
+
+def test_rule_in_loop_feeds_back_what_inference_feeds_back(record, monkeypatch):
+    """With `rule_in_loop` every click round's mask goes through the click rule before it is fed back (and so the
+    run differs from one without it); without it the rule never runs in training."""
+    from FastMedSAMLib.refine import train as train_module
+
+    calls = []
+    real = train_module.local_edit
+    monkeypatch.setattr(train_module, "local_edit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = TrainConfig(steps=3, batch=2, lr=1e-3, p_first_only=0.0, p_mask_only=0.0, rule_in_loop=True, seed=1)
+    with_rule = _decoder_state(config, record)
+    assert calls  # click rounds were edited by the rule before being fed back
+    calls.clear()
+    without = _decoder_state(TrainConfig(steps=3, batch=2, lr=1e-3, p_first_only=0.0, p_mask_only=0.0, seed=1), record)
+    assert not calls and any(not torch.equal(with_rule[k], without[k]) for k in with_rule)
