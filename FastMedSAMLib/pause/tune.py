@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..evaluation.metrics import dice
 from ..models.base import Frame
 from ..models.litemedsam import LiteMedSAMAdapter
 from ..refine.prompting import run_decoder
@@ -93,12 +94,18 @@ def _masks(decoder: Tuple[torch.nn.Module, torch.nn.Module], embedding: torch.Te
     return logits
 
 
+def _paused(runner: PausedTinyViT, heads: PauseHeads, tokens: torch.Tensor, knob: float) -> torch.Tensor:
+    """The paused path's embedding of `tokens` (the encoder's front output) at `knob`."""
+    embedding, _ = runner(torch.zeros(1, 3, 1, 1), decide=_decider(heads, heads.threshold(knob)), tokens=tokens)
+    return embedding
+
+
 def distill_loss(runner: PausedTinyViT, heads: PauseHeads, tokens: torch.Tensor, target: torch.Tensor,
                  knob: float, decoder: Optional[Tuple[torch.nn.Module, torch.nn.Module]] = None,
                  boxes: Optional[torch.Tensor] = None, mask_weight: float = 0.0) -> torch.Tensor:
     """Relative MSE of the paused embedding, plus `mask_weight` x the BCE of its masks for `boxes` against the
     plain embedding's mask probabilities (`decoder`: the frozen prompt encoder and mask decoder)."""
-    embedding, _ = runner(torch.zeros(1, 3, 1, 1), decide=_decider(heads, heads.threshold(knob)), tokens=tokens)
+    embedding = _paused(runner, heads, tokens, knob)
     loss = F.mse_loss(embedding, target) / target.var()
     if mask_weight and decoder is not None and boxes is not None:
         with torch.no_grad():
@@ -108,28 +115,25 @@ def distill_loss(runner: PausedTinyViT, heads: PauseHeads, tokens: torch.Tensor,
 
 
 @torch.no_grad()
-def mask_agreement(runner: PausedTinyViT, heads: PauseHeads, fronts: Sequence[torch.Tensor],
-                   targets: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor],
-                   decoder: Tuple[torch.nn.Module, torch.nn.Module]) -> Dict[str, float]:
-    """Mean Dice between the masks of the paused and the plain embedding for fixed boxes, per validation knob."""
-    out = {}
+def validate(runner: PausedTinyViT, heads: PauseHeads, fronts: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+             decoder: Optional[Tuple[torch.nn.Module, torch.nn.Module]] = None,
+             boxes: Sequence[torch.Tensor] = ()) -> Tuple[Dict[str, float], Optional[Dict[str, float]]]:
+    """Per validation knob, from one paused forward of each slice: the embedding's relative MSE, and (with
+    `decoder`) the mean Dice between the masks of the paused and the plain embedding for the slice's fixed `boxes`."""
+    losses: Dict[str, float] = {}
+    agreement: Optional[Dict[str, float]] = None if decoder is None else {}
     for knob in VALID_KNOBS:
-        scores = []
-        for front, target, box in zip(fronts, targets, boxes):
-            embedding, _ = runner(torch.zeros(1, 3, 1, 1), decide=_decider(heads, heads.threshold(knob)), tokens=front)
-            a, b = _masks(decoder, embedding, box) > 0, _masks(decoder, target, box) > 0
-            inter = (a & b).flatten(1).sum(1).float()
-            total = (a.flatten(1).sum(1) + b.flatten(1).sum(1)).float()
-            scores += torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)).tolist()
-        out[f"{knob:g}"] = round(float(np.mean(scores)), 4)
-    return out
-
-
-@torch.no_grad()
-def validate(runner: PausedTinyViT, heads: PauseHeads, fronts: Sequence[torch.Tensor],
-             targets: Sequence[torch.Tensor]) -> Dict[str, float]:
-    return {f"{k:g}": round(float(np.mean([float(distill_loss(runner, heads, f, t, k))
-                                           for f, t in zip(fronts, targets)])), 5) for k in VALID_KNOBS}
+        errors, scores = [], []
+        for i, (front, target) in enumerate(zip(fronts, targets)):
+            embedding = _paused(runner, heads, front, knob)
+            errors.append(float(F.mse_loss(embedding, target) / target.var()))
+            if agreement is not None:
+                paused, plain = _masks(decoder, embedding, boxes[i]) > 0, _masks(decoder, target, boxes[i]) > 0
+                scores += [dice(a.numpy(), b.numpy()) for a, b in zip(paused, plain)]
+        losses[f"{knob:g}"] = round(float(np.mean(errors)), 5)
+        if agreement is not None:
+            agreement[f"{knob:g}"] = round(float(np.mean(scores)), 4)
+    return losses, agreement
 
 
 def tune(encoder, heads_in: PauseHeads, rgbs: Sequence[np.ndarray], config: TuneConfig, cache: Path,
@@ -155,12 +159,11 @@ def tune(encoder, heads_in: PauseHeads, rgbs: Sequence[np.ndarray], config: Tune
         fronts = [runner.front(t) for t in tensors]
     n_train = len(tensors) - config.valid_slices
     valid = (fronts[n_train:], targets[n_train:])
-    before = validate(runner, heads, *valid)
+    valid_boxes = [random_boxes(f, 8, np.random.default_rng(config.seed + 1 + i)) for i, f in enumerate(frames[n_train:])]
     if decoder is not None:
         for module in decoder:
             module.eval().requires_grad_(False)
-        valid_boxes = [random_boxes(f, 8, np.random.default_rng(config.seed + 1 + i)) for i, f in enumerate(frames[n_train:])]
-        agreement_before = mask_agreement(runner, heads, *valid, valid_boxes, decoder)
+    before, agreement_before = validate(runner, heads, *valid, decoder, valid_boxes)
     optimiser = torch.optim.Adam(trainable, lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.steps)
     losses = []
@@ -181,11 +184,11 @@ def tune(encoder, heads_in: PauseHeads, rgbs: Sequence[np.ndarray], config: Tune
         parameter.requires_grad_(False)
     to_storage_precision(heads.catchup)
     to_storage_precision(heads.adapters)
-    after = validate(runner, heads, *valid)
+    after, agreement_after = validate(runner, heads, *valid, decoder, valid_boxes)
     report = {"config": asdict(config), "valid_loss_before": before, "valid_loss_after": after,
               "train_loss_first_last_20": [float(np.mean(losses[:20])), float(np.mean(losses[-20:]))],
               "seconds": round(time.perf_counter() - started, 1)}
     if decoder is not None:
         report["valid_mask_dice_before"] = agreement_before
-        report["valid_mask_dice_after"] = mask_agreement(runner, heads, *valid, valid_boxes, decoder)
+        report["valid_mask_dice_after"] = agreement_after
     return heads.eval(), report

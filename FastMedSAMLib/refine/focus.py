@@ -152,11 +152,12 @@ def _spot_of(previous: np.ndarray, index: Tuple[int, ...], positive: bool, rule:
     """The pixels a click the decoder does not obey sets to its side, on its own slice."""
     spot = _spot(previous.shape, index, rule.follow)
     width, reach = rule.spot_border
-    plane = previous[index[0]] if previous.ndim == 3 else previous
-    depth = max(_depth(plane, index[-2:]), 1.0)
-    if width > 0 and reach > 0 and np.isfinite(depth):  # (no border on the slice: no band)
-        cap = rule.spot_max_px
-        spot[index[:-2]] |= _border_band(plane, index[-2:], positive, min(width * depth, cap), min(reach * depth, cap))
+    if width > 0 and reach > 0:
+        plane = previous[index[0]] if previous.ndim == 3 else previous
+        depth = max(_depth(plane, index[-2:]), 1.0)
+        if np.isfinite(depth):  # (no border on the slice: no band)
+            cap = rule.spot_max_px
+            spot[index[:-2]] |= _border_band(plane, index[-2:], positive, min(width * depth, cap), min(reach * depth, cap))
     return spot
 
 
