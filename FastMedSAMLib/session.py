@@ -40,6 +40,10 @@ class Session:
     `runtime` is how the 2D models compute (see `FastMedSAMLib.runtime`): "torch-exact" (the eager reference
     modules), "torch" (folded/fused), "onnxruntime", "onnxruntime-int8", "torch-fp16" (GPU); None takes the device's
     measured default (`runtime.default_runtime`). The 3D point models run their eager modules whatever the runtime.
+
+    `crop` (LiteMedSAM box prompts, torch runtimes): encode only a square of `crop` x the box's longer side around
+    each box, at the frame's scale, instead of the whole slice (`models/window.py`): a cold box or 3D propagation
+    encodes a fraction of the tokens. Each box gets its own window embedding, so prefetched whole slices go unused.
     """
 
     def __init__(
@@ -52,11 +56,14 @@ class Session:
         weights: Optional[Path] = None,
         pause: float = 0.0,
         runtime: Optional[str] = None,
+        crop: Optional[float] = None,
     ) -> None:
+        from .models.window import validate_crop
         from .pause import validate_pause
         from .runtime import build_runtime, default_runtime, validate_runtime
 
-        validate_pause(pause)  # a bad knob or runtime fails before any weights load
+        validate_pause(pause)  # a bad knob, crop or runtime fails before any weights load
+        crop = validate_crop(crop)
         self.device = resolve_device(device)
         runtime = validate_runtime(runtime or default_runtime(self.device), self.device)
         configure_precision(self.device)
@@ -64,6 +71,7 @@ class Session:
         self.model_name = model
         self.points_as_box = points_as_box
         self.cache = EmbeddingCache(int(cache_mb * 2**20))
+        self._check_crop(crop, model, runtime)
         self.net = load_model(model, self.device, weights)
         if self.spec.dimensionality == "3D":
             from .engines.crop_engine import CropEngine
@@ -76,6 +84,8 @@ class Session:
             self._engine.encoder, self._engine.encoder_tag = self._runtime.encoder, self._runtime.tag
             self._engine.decoder = self._runtime.decoder
             self._engine.encode_batch = self._runtime.batch
+            self._engine.crop = crop
+        self.crop = crop
         self._background = BackgroundThread()
         self._warm_up()
         self.runtime = runtime if isinstance(self._engine, SliceEngine) else "torch-exact"
@@ -86,6 +96,19 @@ class Session:
         self.pause = 0.0
         self._paused_encoder = None  # built on the first knob > 0, then only its threshold moves
         self.set_pause(pause)
+
+    def _check_crop(self, crop: Optional[float], model: str, runtime: str) -> None:
+        """A crop needs a 2D box model whose encoder takes any input size, run by torch (not an ONNX export)."""
+        from .errors import RuntimeChoiceError
+
+        if crop is None:
+            return
+        if self.spec.family != "litemedsam" or tuple(self.spec.prompts) != ("box",):
+            raise RuntimeChoiceError(f"crop is for LiteMedSAM's box prompts (its TinyViT encodes any window size); "
+                                     f"model {model!r} encodes whole frames: use crop=None")
+        if runtime.startswith("onnxruntime"):
+            raise RuntimeChoiceError(f"crop needs a torch runtime (the ONNX encoder is exported for the whole frame); "
+                                     f"got runtime {runtime!r}")
 
     def _warm_up(self) -> None:
         """On a GPU, run the current encoder once in this thread and once on the prefetch thread (cuDNN builds its

@@ -65,6 +65,12 @@ def add_pause(p: argparse.ArgumentParser, several: bool = False) -> None:
                        help="token-pausing knob in [0, 1]: 0 = the plain model (default), higher = faster, less exact")
 
 
+def add_crop(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--crop", type=float, default=None, metavar="FACTOR",
+                   help="LiteMedSAM box prompts: encode only a window of FACTOR x the box's longer side around each "
+                        "box, at the frame's scale (fewer tokens; default: the whole slice)")
+
+
 def add_runtime(p: argparse.ArgumentParser, several: bool = False) -> None:
     from ..runtime import CPU_FALLBACK_RUNTIME, DEFAULT_RUNTIME, GPU_DEFAULT_RUNTIME, RUNTIMES
 

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .arguments import add_device, add_manifest, add_pause, add_runtime, emit, name_list, positive_int
+from .arguments import add_crop, add_device, add_manifest, add_pause, add_runtime, emit, name_list, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="refine: the same for the spot a click the decoder does not obey sets on a 2D slice")
     add_pause(p, several=True)
     add_runtime(p)
+    add_crop(p)
     add_device(p)
     p.add_argument("--out", type=Path, help="write the JSON report here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         images=_split_images(args.split),
         progress=not args.quiet,
         runtime=args.runtime,
+        crop=args.crop,
     )
     report["split"] = args.split
     return emit(report, markdown(report), args.out)

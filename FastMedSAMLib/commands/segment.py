@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from .arguments import add_device, add_pause, add_runtime
+from .arguments import add_crop, add_device, add_pause, add_runtime
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="segment", help="segment name written into .seg.nrrd")
     add_pause(p)
     add_runtime(p)
+    add_crop(p)
 
 
 def parse_box(image, values: Sequence[float], space: str, three_d: bool):
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     from ..weights.registry import default_model
 
     image = read_image(args.image)
-    session = Session(model=args.model or default_model(), device=args.device, pause=args.pause, runtime=args.runtime)
+    session = Session(model=args.model or default_model(), device=args.device, pause=args.pause, runtime=args.runtime,
+                      crop=args.crop)
     session.set_image(image, window=tuple(args.window) if args.window else None)
     box = parse_box(image, args.box or args.box3d, args.space, three_d=args.box3d is not None)
     prediction = session.predict(box=box)

@@ -12,6 +12,7 @@ import torch
 
 from ..api import STAGES
 from ..models.base import Frame, SamModel, SliceAdapter
+from ..models.window import Window
 from ..prompts import Box, Box3D
 from ..runtime.device import synchronize
 from ..timing import ms_since
@@ -71,20 +72,38 @@ class SliceEngine:
         self.encoder_tag: Hashable = None
         self.decoder: Callable[..., Tuple[torch.Tensor, torch.Tensor]] = net.decode
         self.encode_batch = 1
+        self.crop: Optional[float] = None  # encode only a window of `crop` x the box's side around each box
+        self.stride = adapter.size // net.prompt_encoder.image_embedding_size[0]  # frame px per embedding cell
 
-    def _embedding(self, key: Hashable, slice_u8: np.ndarray, timings: Dict[str, float]) -> Tuple[torch.Tensor, Frame, bool, Optional[List[float]]]:
+    def _window(self, frame_box: np.ndarray) -> Optional[Window]:
+        """The window to encode for a frame-space box in crop mode; None: the whole frame."""
+        if self.crop is None:
+            return None
+        window = Window.around(frame_box[0], self.crop, self.adapter.size, self.stride)
+        return None if window.covers(self.adapter.size) else window
+
+    def _frame(self, slice_u8: np.ndarray) -> Frame:
+        return Frame.fit(slice_u8.shape[0], slice_u8.shape[1], self.adapter.size)
+
+    def _embedding(self, key: Hashable, slice_u8: np.ndarray, timings: Dict[str, float],
+                   window: Optional[Window] = None) -> Tuple[torch.Tensor, Frame, bool, Optional[List[float]]]:
+        if window is not None:
+            key = (key, window)
         cached = self.cache.get((self.encoder_tag, key))
         if cached is not None:
             return cached[0], cached[1], False, cached[2]
-        embedding, frame, paused = self._encode([key], [slice_u8], timings)[0]
+        embedding, frame, paused = self._encode([key], [slice_u8], timings, window)[0]
         return embedding, frame, True, paused
 
-    def _encode(self, keys: List[Hashable], slices: List[np.ndarray], timings: Dict[str, float]) -> List[Tuple[torch.Tensor, Frame, Optional[List[float]]]]:
-        """Encode `slices` in one encoder call and cache each under its key; returns the (embedding, frame, paused)
-        entries. `paused` (per-block paused fractions) comes from an encoder that reports them, one slice a call."""
+    def _encode(self, keys: List[Hashable], slices: List[np.ndarray], timings: Dict[str, float],
+                window: Optional[Window] = None) -> List[Tuple[torch.Tensor, Frame, Optional[List[float]]]]:
+        """Encode `slices` (only `window` of their frames, when given) in one encoder call and cache each under its
+        key; returns the (embedding, frame, paused) entries. `paused` (per-block paused fractions) comes from an
+        encoder that reports them, one slice a call."""
         start = time.perf_counter()
         prepared = [self.adapter.preprocess(to_rgb(s)) for s in slices]
-        batch = torch.cat([tensor for tensor, _ in prepared]).to(self.device)
+        batch = torch.cat([tensor for tensor, _ in prepared])
+        batch = (batch if window is None else window.pixels(batch).contiguous()).to(self.device)
         timings["preprocess"] += ms_since(start)
         start = time.perf_counter()
         embeddings = self.encoder(batch)
@@ -122,10 +141,15 @@ class SliceEngine:
             return False
         return self._embedding(key, slice_u8, dict.fromkeys(STAGES, 0.0))[2]
 
-    def _decode(self, embedding: torch.Tensor, frame: Frame, frame_box: np.ndarray, timings: Dict[str, float]) -> Tuple[np.ndarray, float]:
+    def _decode(self, embedding: torch.Tensor, frame: Frame, frame_box: np.ndarray, timings: Dict[str, float],
+                window: Optional[Window] = None) -> Tuple[np.ndarray, float]:
         start = time.perf_counter()
         boxes = torch.as_tensor(frame_box, dtype=torch.float32, device=self.device)[:, None, :]
-        low_res, iou = self.decoder(embedding, boxes=boxes)
+        if window is None:
+            low_res, iou = self.decoder(embedding, boxes=boxes)
+        else:
+            low_res, iou = self.decoder(embedding, boxes=boxes, window=window)
+            low_res = window.paste(low_res, frame.size)
         synchronize(self.device)
         timings["decode"] += ms_since(start)
         start = time.perf_counter()
@@ -136,8 +160,10 @@ class SliceEngine:
     def segment(self, key: Hashable, slice_u8: np.ndarray, box: Box) -> SliceResult:
         """Segment one slice from a pixel-space box (inclusive indices)."""
         timings = dict.fromkeys(STAGES, 0.0)
-        embedding, frame, encoded, paused = self._embedding(key, slice_u8, timings)
-        mask, iou = self._decode(embedding, frame, frame.box_to_frame(box.x0, box.y0, box.x1, box.y1), timings)
+        frame_box = self._frame(slice_u8).box_to_frame(box.x0, box.y0, box.x1, box.y1)
+        window = self._window(frame_box)
+        embedding, frame, encoded, paused = self._embedding(key, slice_u8, timings, window)
+        mask, iou = self._decode(embedding, frame, frame_box, timings, window)
         return SliceResult(mask, iou, timings, encoded, paused)
 
     def propagate(self, key_prefix: Hashable, volume_u8: np.ndarray, box: Box3D,
@@ -154,18 +180,20 @@ class SliceEngine:
         for order in (range(z_mid, z1 + 1), range(z_mid - 1, z0 - 1, -1)):
             previous: Optional[np.ndarray] = None if order.start == z_mid else result.mask[z_mid]
             for i, z in enumerate(order):
-                if self.encode_batch > 1:  # this slice and the next ones in the walk, in one encoder call
+                if self.encode_batch > 1 and self.crop is None:  # this slice and the next ones, in one encoder call
                     ahead = order[i:i + self.encode_batch]
                     result.encoder_calls += self.encode_ahead([(key_prefix, a) for a in ahead],
                                                               [volume_u8[a] for a in ahead], result.timings)
-                embedding, frame, encoded, paused = self._embedding((key_prefix, z), volume_u8[z], result.timings)
-                result.encoder_calls += int(encoded)
-                if paused is not None:
-                    paused_per_slice.append(paused)
+                frame = self._frame(volume_u8[z])
                 frame_box = None if previous is None else frame_box_from_mask(previous, frame)
                 if frame_box is None:
                     frame_box = frame.box_to_frame(box.x0, box.y0, box.x1, box.y1)
-                mask, iou = self._decode(embedding, frame, frame_box, result.timings)
+                window = self._window(frame_box)
+                embedding, frame, encoded, paused = self._embedding((key_prefix, z), volume_u8[z], result.timings, window)
+                result.encoder_calls += int(encoded)
+                if paused is not None:
+                    paused_per_slice.append(paused)
+                mask, iou = self._decode(embedding, frame, frame_box, result.timings, window)
                 result.mask[z] = mask
                 done += 1
                 if progress is not None:

@@ -107,11 +107,11 @@ def summarise(cases: Sequence[CaseResult]) -> Dict[str, Any]:
 
 
 def _open_sessions(model: str, pauses: Sequence[float], device: str, cache_mb: float,
-                   runtime: Optional[str] = None) -> Dict[float, Any]:
+                   runtime: Optional[str] = None, crop: Optional[float] = None) -> Dict[float, Any]:
     """One Session per knob value (each with its own embedding cache)."""
     from ..session import Session
 
-    return {pause: Session(model=model, device=device, cache_mb=cache_mb, pause=pause, runtime=runtime)
+    return {pause: Session(model=model, device=device, cache_mb=cache_mb, pause=pause, runtime=runtime, crop=crop)
             for pause in pauses}
 
 
@@ -150,10 +150,11 @@ def evaluate(
     images: Optional[Sequence[str]] = None,
     progress: bool = True,
     runtime: Optional[str] = None,
+    crop: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Run the protocol and return the report (see `report_json`): cases, summaries, skipped entries, settings.
     `images`: only these manifest image names (e.g. the token-pausing evaluation split); `runtime` None is the
-    Session's default runtime."""
+    Session's default runtime; `crop`: the Sessions' window factor (None: whole slices)."""
     from tqdm import tqdm
 
     from ..io.intensity import intensity_rule
@@ -162,7 +163,7 @@ def evaluate(
     chosen = select(entries, datasets)
     if images is not None:
         chosen = [e for e in chosen if e.image_name in set(images)]
-    sessions = _open_sessions(model, list(pauses), device, cache_mb, runtime)
+    sessions = _open_sessions(model, list(pauses), device, cache_mb, runtime, crop)
     cases: List[CaseResult] = []
     counts: Dict[str, int] = defaultdict(int)
     started = time.perf_counter()
@@ -187,6 +188,7 @@ def evaluate(
         "runtime": next(iter(sessions.values())).runtime if sessions else runtime,
         "manifest": str(Path(manifest).resolve()),
         "pauses": [float(p) for p in pauses],
+        "crop": crop,
         "images": None if images is None else sorted(set(images)),
         "protocol": {
             "2D": "tight box on the image",

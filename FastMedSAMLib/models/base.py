@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .window import Window
+
 
 class SamModel(nn.Module):
     """image_encoder -> embedding; prompt_encoder + mask_decoder -> (low-res logits, iou)."""
@@ -52,11 +54,17 @@ class SamModel(nn.Module):
         boxes: Optional[torch.Tensor] = None,
         masks: Optional[torch.Tensor] = None,
         multimask_output: bool = False,
+        window: Optional[Window] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in the frame's coordinates; with `window`, `embedding` is that window's (see `window.py`) and
+        the logits cover the window only."""
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        image_pe = self.prompt_encoder.get_dense_pe()
+        if window is not None:
+            image_pe, dense = window.cells(image_pe), window.cells(dense)
         return self.mask_decoder(
             image_embeddings=embedding,
-            image_pe=self.prompt_encoder.get_dense_pe(),
+            image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,

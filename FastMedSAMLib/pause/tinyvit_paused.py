@@ -163,6 +163,9 @@ class WindowGeometry:
         slot_of = ((r % window) * window + c % window).reshape(-1)
         return cls(window_of, slot_of, table.contiguous(), nh * nw)
 
+    def to(self, device: torch.device) -> "WindowGeometry":
+        return WindowGeometry(self.window_of.to(device), self.slot_of.to(device), self.table.to(device), self.count)
+
 
 @dataclass
 class PauseStats:
@@ -205,6 +208,16 @@ class _Block(nn.Module):
         self.register_buffer("window_of", geometry.window_of)
         self.register_buffer("slot_of", geometry.slot_of)
         self.register_buffer("table", geometry.table)
+        self._other: Dict[HW, WindowGeometry] = {}  # grids of smaller inputs (a crop of the frame), built on use
+
+    def geometry(self, hw: HW) -> WindowGeometry:
+        """The window partition of an (h, w) grid: the frame's own is kept in buffers, others are built once."""
+        if hw == self.hw:
+            return WindowGeometry(self.window_of, self.slot_of, self.table, self.windows)
+        found = self._other.get(hw)
+        if found is None or found.table.device != self.table.device:
+            found = self._other[hw] = WindowGeometry.build(hw, self.window).to(self.table.device)
+        return found
 
     def _attend(self, windows: torch.Tensor) -> torch.Tensor:
         """(nW, n, C) window tokens -> (nW, n, C) attention outputs before the projection."""
@@ -216,42 +229,47 @@ class _Block(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.unsqueeze(0), scale=self.scale)
         return out.transpose(1, 2).reshape(b, n, c)
 
-    def conv(self, x: torch.Tensor) -> torch.Tensor:
-        """Local depthwise conv of the full (N, C) map, channels-last (no copy either way)."""
-        h, w = self.hw
+    def conv(self, x: torch.Tensor, hw: HW) -> torch.Tensor:
+        """Local depthwise conv of the full (N, C) map on an (h, w) grid, channels-last (no copy either way)."""
+        h, w = hw
         c = x.shape[1]
         out = self.local_conv(x.view(1, h, w, c).permute(0, 3, 1, 2))
         return out.permute(0, 2, 3, 1).reshape(h * w, c)
 
-    def dense(self, x: torch.Tensor, depth: int, record: Optional[Record] = None) -> torch.Tensor:
-        """Every token computed (the plain block, folded conv)."""
+    def dense(self, x: torch.Tensor, depth: int, record: Optional[Record] = None, hw: Optional[HW] = None) -> torch.Tensor:
+        """Every token computed (the plain block, folded conv); `hw`: the grid when it is not the frame's."""
+        hw = hw or self.hw
+        geometry = self.geometry(hw)
         n_tokens, c = x.shape
-        out = self._attend(torch.cat([x, x.new_zeros(1, c)])[self.table])
-        update = self.proj(out.reshape(-1, c)[self._flat(torch.arange(n_tokens, device=x.device), None)])
+        out = self._attend(torch.cat([x, x.new_zeros(1, c)])[geometry.table])
+        update = self.proj(out.reshape(-1, c)[self._flat(torch.arange(n_tokens, device=x.device), None, geometry)])
         if record is not None:
             record(depth, "attn", x, update)
-        x = self.conv(x + update)
+        x = self.conv(x + update, hw)
         update = mlp_forward(self.mlp, x)
         if record is not None:
             record(depth, "mlp", x, update)
         return x + update
 
     def forward(self, x: torch.Tensor, active: torch.Tensor, paused: torch.Tensor,
-                catchup: Optional[nn.ModuleDict], adapter: Optional[nn.Module] = None) -> Tuple[torch.Tensor, int]:
+                catchup: Optional[nn.ModuleDict], adapter: Optional[nn.Module] = None,
+                hw: Optional[HW] = None) -> Tuple[torch.Tensor, int]:
         """Only `active` tokens run attention queries and the MLP; `paused` ones get the catch-up updates (or
         nothing); `adapter`, when given, adds its update to the active tokens' output (they attend to stale
         paused keys/values). Returns the new map and the number of windows computed."""
+        hw = hw or self.hw
+        geometry = self.geometry(hw)
         c = x.shape[1]
         windows = 0
         if active.numel():
-            used = torch.unique(self.window_of[active])
+            used = torch.unique(geometry.window_of[active])
             windows = int(used.numel())
-            out = self._attend(torch.cat([x, x.new_zeros(1, c)])[self.table[used]])
-            update = self.proj(out.reshape(-1, c)[self._flat(active, used)])
+            out = self._attend(torch.cat([x, x.new_zeros(1, c)])[geometry.table[used]])
+            update = self.proj(out.reshape(-1, c)[self._flat(active, used, geometry)])
         x = _paused_update(None if catchup is None else catchup["attn"], x, paused)
         if active.numel():
             x = x.index_add(0, active, update)
-        x = self.conv(x)
+        x = self.conv(x, hw)
         x = _paused_update(None if catchup is None else catchup["mlp"], x, paused)
         if active.numel():
             xa = x.index_select(0, active)
@@ -259,14 +277,14 @@ class _Block(nn.Module):
             x = x.index_copy(0, active, xa if adapter is None else xa + adapter(xa))
         return x, windows
 
-    def _flat(self, tokens: torch.Tensor, used: Optional[torch.Tensor]) -> torch.Tensor:
+    def _flat(self, tokens: torch.Tensor, used: Optional[torch.Tensor], geometry: WindowGeometry) -> torch.Tensor:
         """Row of each token in the (used windows * w*w) output."""
-        window = self.window_of[tokens]
+        window = geometry.window_of[tokens]
         if used is not None:
-            rank = torch.full((self.windows,), -1, dtype=torch.long, device=tokens.device)
+            rank = torch.full((geometry.count,), -1, dtype=torch.long, device=tokens.device)
             rank[used] = torch.arange(used.numel(), device=tokens.device)
             window = rank[window]
-        return window * self.window**2 + self.slot_of[tokens]
+        return window * self.window**2 + geometry.slot_of[tokens]
 
 
 class PausedTinyViT(nn.Module):
@@ -275,7 +293,8 @@ class PausedTinyViT(nn.Module):
     `adapters`: per block, an update for the active tokens of blocks that run with paused tokens (None: none).
     Neither runs while nothing is paused.
 
-    Built for one input size (the LiteMedSAM 256 frame); batch size 1 per forward."""
+    Built for the LiteMedSAM 256 frame, whose window partitions it keeps; a smaller input (a crop of the frame)
+    runs on its own grids, built on first use. Batch size 1 per forward."""
 
     def __init__(self, encoder: TinyViT, catchup: Optional[nn.ModuleList] = None, image_size: int = 256,
                  adapters: Optional[nn.ModuleList] = None) -> None:
@@ -306,11 +325,15 @@ class PausedTinyViT(nn.Module):
 
     def front(self, image: torch.Tensor) -> torch.Tensor:
         """Stem + MBConv stage + first merge: image (1, 3, H, W) -> (N, C) tokens entering block 0."""
+        return _tokens(self.front_map(image))
+
+    def front_map(self, image: torch.Tensor) -> torch.Tensor:
+        """The same as a (1, C, h, w) map (its grid is the tokens' grid)."""
         x = image.contiguous(memory_format=torch.channels_last)
         x = self.stem[1](self.stem[0](x))
         for block in self.mbconvs:
             x = block(x)
-        return _tokens(self.merges[0](x))
+        return self.merges[0](x)
 
     def forward(self, image: torch.Tensor, decide: Optional[Decide] = None,
                 features: Optional[Dict[int, torch.Tensor]] = None,
@@ -323,13 +346,17 @@ class PausedTinyViT(nn.Module):
         if image.shape[0] != 1:
             raise ValueError(f"the paused encoder takes one image at a time, got a batch of {image.shape[0]}")
         stats = PauseStats()
-        x = self.front(image) if tokens is None else tokens
+        if tokens is None:  # any input size: a crop of the frame runs on its own, smaller grids
+            front = self.front_map(image)
+            x, hw = _tokens(front), (int(front.shape[-2]), int(front.shape[-1]))
+        else:
+            x, hw = tokens, self.blocks[0].hw
         never = len(self.blocks)
         depths = torch.full((x.shape[0],), never, dtype=torch.long, device=x.device)
         pausing = False
         for depth, block in enumerate(self.blocks):
             if depth and self.stage_of[depth] != self.stage_of[depth - 1]:
-                x, depths = self._merge(x, depths, self.blocks[depth - 1].hw, self.stage_of[depth])
+                x, depths, hw = self._merge(x, depths, hw, self.stage_of[depth])
             if features is not None:
                 features[depth] = x
             if decide is not None:
@@ -338,27 +365,28 @@ class PausedTinyViT(nn.Module):
                     paused = decide(depth, x.index_select(0, candidates), candidates)
                     depths = depths.index_fill(0, candidates[paused], depth)
                     pausing = pausing or bool(paused.any())
+            windows = block.geometry(hw).count
             stats.grid_tokens.append(x.shape[0])
-            stats.grid_windows.append(block.windows)
+            stats.grid_windows.append(windows)
             if not pausing:
-                x = block.dense(x, depth, record)
+                x = block.dense(x, depth, record, hw)
                 stats.tokens.append(x.shape[0])
-                stats.windows.append(block.windows)
+                stats.windows.append(windows)
                 continue
             active = torch.nonzero(depths == never, as_tuple=False).view(-1)
             resting = torch.nonzero(depths != never, as_tuple=False).view(-1)
             x, windows = block(x, active, resting, None if self.catchup is None else self.catchup[depth],
-                               None if self.adapters is None else self.adapters[depth])
+                               None if self.adapters is None else self.adapters[depth], hw)
             stats.tokens.append(int(active.numel()))
             stats.windows.append(windows)
-        stats.pause_depths = depths.view(self.blocks[-1].hw)
+        stats.pause_depths = depths.view(hw)
         if features is not None:
             features[never] = x
-        return self.head(x), stats
+        return self.head(x, hw), stats
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens after the last block (N, C) -> image embedding (1, 256, h, w)."""
-        h, w = self.blocks[-1].hw
+    def head(self, x: torch.Tensor, hw: Optional[HW] = None) -> torch.Tensor:
+        """Tokens after the last block (N, C) on the grid `hw` (default: the frame's) -> embedding (1, 256, h, w)."""
+        h, w = hw or self.blocks[-1].hw
         return self.neck(x.view(1, h, w, -1).permute(0, 3, 1, 2).contiguous())
 
     def paused_tokens(self, x: torch.Tensor, depth: int) -> torch.Tensor:
@@ -367,20 +395,22 @@ class PausedTinyViT(nn.Module):
         none = torch.zeros(0, dtype=torch.long, device=x.device)
         for later in range(depth, len(self.blocks)):
             if later > depth and self.stage_of[later] != self.stage_of[later - 1]:
-                x, _ = self._merge(x, None, self.blocks[later - 1].hw, self.stage_of[later])
+                x, _, _ = self._merge(x, None, self.blocks[later - 1].hw, self.stage_of[later])
             every = torch.arange(x.shape[0], device=x.device)
             x, _ = self.blocks[later](x, none, every, None if self.catchup is None else self.catchup[later])
         return x
 
-    def _merge(self, x: torch.Tensor, depths: Optional[torch.Tensor], hw: HW, stage: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """PatchMerging into `stage` on the full map; a merged token's pause depth is the latest of its children."""
+    def _merge(self, x: torch.Tensor, depths: Optional[torch.Tensor], hw: HW,
+               stage: int) -> Tuple[torch.Tensor, Optional[torch.Tensor], HW]:
+        """PatchMerging into `stage` on the full map (grid `hw`); a merged token's pause depth is the latest of its
+        children. Returns the merged tokens, their depths and their grid."""
         h, w = hw
         merged = self.merges[stage](x.view(1, h, w, -1).permute(0, 3, 1, 2))
         nh, nw = merged.shape[-2:]
         if depths is not None and (nh, nw) != (h, w):
             pooled = F.adaptive_max_pool2d(depths.view(1, 1, h, w).float(), (nh, nw))
             depths = pooled.view(-1).long()
-        return _tokens(merged), depths
+        return _tokens(merged), depths, (int(nh), int(nw))
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..models.base import SamModel
 from ..models.mask_decoder import Attention
+from ..models.window import Window
 
 RECENT = 4  # embeddings whose image side is kept (the viewed slice and its neighbours)
 # Bytes of image tokens per block of the row-wise work on a CPU (1024 float32 or 2048 bfloat16 tokens of 256
@@ -184,21 +185,24 @@ class DecoderCore(nn.Module):
         self.register_buffer("key_pe", key_pe)
         self.upscaling = BlockUpscaling(decoder.output_upscaling, image_dtype)
 
-    def forward(self, keys: torch.Tensor, keys_pe: torch.Tensor, sparse: torch.Tensor,
-                multimask: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, keys: torch.Tensor, keys_pe: torch.Tensor, sparse: torch.Tensor, multimask: bool = False,
+                window: Optional[Tuple[torch.Tensor, Tuple[int, int]]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`window`: (its positional encoding (N, C) in the image dtype, its grid) for the embedding of a window of
+        the frame (`models.window`); None: the whole frame's."""
+        key_pe, grid = (self.key_pe, self.grid) if window is None else window
         decoder = self.decoder
         chosen = list(range(2, 1 + decoder.num_mask_tokens)) if multimask else [1]  # token rows answered
         tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, sparse], dim=0)  # (T, C)
         queries = tokens
         for layer in decoder.transformer.layers:
-            queries, keys, keys_pe = two_way_layer(layer, queries, keys, keys_pe, tokens, self.key_pe)
+            queries, keys, keys_pe = two_way_layer(layer, queries, keys, keys_pe, tokens, key_pe)
         read = [0, *chosen]  # the IoU token and the answered mask tokens: all the final attention feeds
         final = decoder.transformer.final_attn_token_to_image
         queries = queries[read]
         queries = decoder.transformer.norm_final_attn(queries + token_to_image(final, queries + tokens[read], keys_pe, keys))
         hyper = torch.stack([decoder.output_hypernetworks_mlps[t - 1](queries[i + 1]) for i, t in enumerate(chosen)])
         iou = decoder.iou_prediction_head(queries[0])[[t - 1 for t in chosen]]
-        return self.upscaling(keys, hyper, self.grid).float(), iou
+        return self.upscaling(keys, hyper, grid).float(), iou
 
 
 CoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
@@ -217,20 +221,27 @@ class PreparedDecoder:
         self.dtype = image_dtype
         self.single: CoreFn = self.core
         with torch.inference_mode():
-            self.key_pe = net.prompt_encoder.get_dense_pe().flatten(2)[0].T  # float32: the image side is formed in it
+            self.pe = net.prompt_encoder.get_dense_pe()  # (1, C, h, w) float32: the image side is formed in it
         self._recent: "OrderedDict[int, Tuple[Any, ImageSide]]" = OrderedDict()
 
-    def _image_tokens(self, embedding: torch.Tensor, dense: torch.Tensor) -> ImageSide:
-        keys = (embedding + dense)[0].flatten(1).T.contiguous()
-        return ImageSide(keys.to(self.dtype), (keys + self.key_pe).to(self.dtype))
+    def _key_pe(self, window: Optional[Window]) -> torch.Tensor:
+        """(N, C) positional encoding of the frame's grid, or of a window's cells."""
+        pe = self.pe if window is None else window.cells(self.pe)
+        return pe.flatten(2)[0].T
 
-    def image_side(self, embedding: torch.Tensor) -> ImageSide:
-        """The image side of `embedding` (1, C, h, w) without a mask prompt, computed once while it stays recent."""
+    def _image_tokens(self, embedding: torch.Tensor, dense: torch.Tensor, window: Optional[Window]) -> ImageSide:
+        keys = (embedding + dense)[0].flatten(1).T.contiguous()
+        return ImageSide(keys.to(self.dtype), (keys + self._key_pe(window)).to(self.dtype))
+
+    def image_side(self, embedding: torch.Tensor, window: Optional[Window] = None) -> ImageSide:
+        """The image side of `embedding` (1, C, h, w; of `window` when given) without a mask prompt, computed once
+        while it stays recent (an embedding always comes with the same window)."""
         entry = self._recent.get(id(embedding))
         if entry is not None and entry[0]() is embedding:
             self._recent.move_to_end(id(embedding))
             return entry[1]
-        side = self._image_tokens(embedding, self.net.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1))
+        no_mask = self.net.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        side = self._image_tokens(embedding, no_mask, window)
         self._recent[id(embedding)] = (weakref.ref(embedding), side)
         while len(self._recent) > RECENT:
             self._recent.popitem(last=False)
@@ -244,12 +255,20 @@ class PreparedDecoder:
         boxes: Optional[torch.Tensor] = None,
         masks: Optional[torch.Tensor] = None,
         multimask_output: bool = False,
+        window: Optional[Window] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         if embedding.shape[0] != 1:
-            return self.net.decode(embedding, points=points, boxes=boxes, masks=masks, multimask_output=multimask_output)
+            return self.net.decode(embedding, points=points, boxes=boxes, masks=masks,
+                                   multimask_output=multimask_output, window=window)
         sparse, dense = self.net.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        side = self.image_side(embedding) if masks is None else self._image_tokens(embedding, dense)
-        if multimask_output:
+        if masks is None:
+            side = self.image_side(embedding, window)
+        else:
+            side = self._image_tokens(embedding, dense if window is None else window.cells(dense), window)
+        if window is not None:  # the core's own grid is the frame's (the ONNX export's too)
+            cells = (self._key_pe(window).to(self.dtype).contiguous(), (embedding.shape[-2], embedding.shape[-1]))
+            low_res, iou = self.core(side.keys, side.keys_pe, sparse[0], multimask=multimask_output, window=cells)
+        elif multimask_output:
             low_res, iou = self.core(side.keys, side.keys_pe, sparse[0], multimask=True)
         else:
             low_res, iou = self.single(side.keys, side.keys_pe, sparse[0])
