@@ -315,6 +315,9 @@ class Session:
         the same with or without it. Returns the job (`.cancel()`, `.wait()`, `.encoded`, `.timeline`)."""
         if not self.is_volume or not isinstance(self._engine, SliceEngine):
             raise PromptError("prefetch needs a volume and a 2D box model (3D point models encode one crop per prompt)")
+        if self.crop is not None:
+            raise PromptError(f"prefetch encodes whole slices, which a Session with crop={self.crop:g} never uses (each "
+                              "box encodes its own window): prefetch with crop=None")
         depth = self._u8.shape[0]
         chosen = range(depth) if slices is None else list(slices)
         bad = [z for z in chosen if not 0 <= int(z) < depth]

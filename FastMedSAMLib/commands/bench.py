@@ -1,9 +1,10 @@
-"""`fastmedsam bench --model litemedsam --out bench.json [--models a,b] [--pause 0,0.25] [--runtimes all]
+"""`fastmedsam bench --model litemedsam --out bench.json [--models a,b] [--pause 0,0.25] [--runtimes all] [--crops none,3]
 [--chart bench.png] [--repeats 5]`"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import List, Optional
 
 from .arguments import add_device, add_manifest, add_pause, add_runtime, emit, name_list, positive_int
 
@@ -23,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument("--models", dest="models", type=name_list, help="comma-separated registry models")
     add_pause(p, several=True)
     add_runtime(p, several=True)
+    p.add_argument("--crops", type=_crop_list, default=[None], metavar="none,F,...",
+                   help="LiteMedSAM prompt-crop factors side by side (none = whole slices; default none)")
     p.add_argument("--repeats", type=positive_int, default=5, help="repeats; medians are reported (default 5)")
     p.add_argument(
         "--weights", choices=("official", "recipe"), default="official",
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         args.manifest,
         pauses=args.pause,
         runtimes=args.runtimes,
+        crops=args.crops,
         repeats=args.repeats,
         weights=args.weights,
         device=args.device,
@@ -121,3 +125,11 @@ def _timelines(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     reports = [prefetch_timeline(args.manifest, runtime, args.device) for runtime in args.runtimes]
     return emit({"prefetch_timelines": reports}, "\n\n".join(timeline_markdown(r) for r in reports), args.out)
+
+
+def _crop_list(text: str) -> List[Optional[float]]:
+    """`none,3` -> [None, 3.0]."""
+    try:
+        return [None if v.lower() == "none" else float(v) for v in name_list(text)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"crop factors are numbers or none, got {text!r}") from exc

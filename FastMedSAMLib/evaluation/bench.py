@@ -1,6 +1,6 @@
 """Speed and memory of models through the public `Session` API, all variants side by side in one process.
 
-A variant is (model, token-pause knob, runtime). Each model family has a workload: a list of named measurements, each one
+A variant is (model, token-pause knob, runtime, prompt crop). Each model family has a workload: a list of named measurements, each one
 call `(session, data) -> {figure: value}`. Every repeat runs every measurement on every variant before the next
 repeat starts, so slow phases of a shared machine hit all variants alike and their ratios stay meaningful; the
 report gives medians over the repeats.
@@ -78,7 +78,7 @@ def propagate_3d(session: Any, data: BenchData) -> Figures:
         figures[f"{name}.seconds"] = cold.timings["total"] / 1000.0
         figures[f"{name}.encoder_calls"] = float(cold.encoder_calls)
         figures[f"{name}.warm_seconds"] = warm.timings["total"] / 1000.0
-        if hasattr(session, "prefetch"):
+        if hasattr(session, "prefetch") and getattr(session, "crop", None) is None:  # a crop never uses whole slices
             session.clear_cache()
             start = time.perf_counter()
             session.prefetch(slices=range(box.z0, box.z1 + 1), center=(box.z0 + box.z1) // 2).wait()
@@ -108,6 +108,7 @@ class Variant:
     pause: float
     weights: str  # "official" or "recipe"
     runtime: Optional[str] = None  # None: the Session's default
+    crop: Optional[float] = None  # the Session's prompt-crop factor (None: whole slices)
     session: Any = None
     workload: List[Tuple[str, Measurement]] = field(default_factory=list)
     note: Optional[str] = None  # why it was skipped
@@ -120,7 +121,8 @@ class Variant:
     def label(self) -> str:
         suffix = f" pause={self.pause:g}" if self.pause else ""
         runtime = f" [{self.runtime}]" if self.runtime else ""
-        return f"{self.model}{suffix}{runtime}" + (" (recipe weights)" if self.weights == "recipe" else "")
+        crop = f" crop={self.crop:g}" if self.crop else ""
+        return f"{self.model}{suffix}{runtime}{crop}" + (" (recipe weights)" if self.weights == "recipe" else "")
 
 
 def rss_mb() -> float:
@@ -179,7 +181,7 @@ def _open_variant(variant: Variant, device: str, parity_dir: Path, scratch: Path
     start = time.perf_counter()
     try:
         variant.session = Session(model=variant.model, device=device, weights=weights, pause=variant.pause,
-                                  runtime=variant.runtime)
+                                  runtime=variant.runtime, crop=variant.crop)
     except FastMedSAMError as exc:
         variant.note = str(exc)
         return
@@ -206,6 +208,7 @@ def bench(
     *,
     pauses: Sequence[float] = (0.0,),
     runtimes: Sequence[Optional[str]] = (None,),
+    crops: Sequence[Optional[float]] = (None,),
     repeats: int = 5,
     weights: str = "official",
     device: str = "cpu",
@@ -213,7 +216,7 @@ def bench(
     parity_dir: Optional[Path] = None,
     progress: bool = True,
 ) -> Dict[str, Any]:
-    """Benchmark every (model, pause, runtime) variant; returns the JSON-ready report."""
+    """Benchmark every (model, pause, runtime, crop) variant; returns the JSON-ready report."""
     import torch
     from tqdm import tqdm
 
@@ -227,7 +230,7 @@ def bench(
     data = load_bench_data(manifest)
     parity_dir = parity_dir or Path(manifest).resolve().parent.parent / "parity"
     rss_start = rss_mb()
-    variants = [Variant(m, float(p), weights, r) for m in models for p in pauses for r in runtimes]
+    variants = [Variant(m, float(p), weights, r, c) for m in models for p in pauses for r in runtimes for c in crops]
     with tempfile.TemporaryDirectory(prefix="fastmedsam-bench-") as scratch:
         for variant in variants:
             _open_variant(variant, device, parity_dir, Path(scratch))
@@ -246,7 +249,7 @@ def bench(
     return {
         "environment": environment(live[0].session.device if live else resolve_device(device)),
         "settings": {"repeats": repeats, "weights": weights, "pauses": [float(p) for p in pauses], "models": list(models),
-                     "runtimes": list(runtimes)},
+                     "runtimes": list(runtimes), "crops": list(crops)},
         "data": {
             "slice": f"{data.volumes[0][0]} middle lesion slice {data.slice_image.array.shape}",
             "boxes": [list((b.x0, b.y0, b.x1, b.y1)) for b in data.boxes],
