@@ -17,7 +17,7 @@ from FastMedSAMLib.errors import RuntimeChoiceError
 from FastMedSAMLib.evaluation.metrics import dice
 from FastMedSAMLib.io.images import read_image, read_label
 from FastMedSAMLib.models.window import MIN_SIZE, OUTSIDE_LOGIT, SIZE_STEP, Window, validate_crop
-from FastMedSAMLib.runtime.decoder import PreparedDecoder
+from FastMedSAMLib.runtime.decoder import PreparedDecoder, prompt_region
 from FastMedSAMLib.runtime.fused import FusedEncoder
 
 LESION = ("ct_deeplesion_medsam2", "CT_Lesion_000015_01_01_103-115.npz")
@@ -107,11 +107,17 @@ def test_prepared_decoder_on_a_window_equals_the_plain_decoder(lesion):
     previous = torch.zeros(1, 1, 256, 256)
     previous[:, :, 95:125, 125:145] = 8.0
     for prompts in ({"boxes": box}, {"boxes": box, "points": points, "masks": previous}, {"points": points}):
+        r0, r1, c0, c1 = prompt_region(256, (24, 24), prompts.get("boxes"), prompts.get("points"),
+                                       prompts.get("masks"), window) or (0, 24, 0, 24)
+        inside = torch.zeros(96, 96, dtype=torch.bool)
+        inside[4 * r0:4 * r1, 4 * c0:4 * c1] = True
         for multimask in (False, True):
             want, want_iou = session.net.decode(embedding, multimask_output=multimask, window=window, **prompts)
             got, got_iou = prepared(embedding, multimask_output=multimask, window=window, **prompts)
             assert got.shape == want.shape == (1, 3 if multimask else 1, 96, 96)
-            assert float((got - want).abs().max()) < 1e-3 and float((got_iou - want_iou).abs().max()) < 1e-4
+            assert float((got - want)[..., inside].abs().max()) < 1e-3
+            assert float((got_iou - want_iou).abs().max()) < 1e-4
+            assert bool((got[..., ~inside] == OUTSIDE_LOGIT).all() and (want[..., ~inside] < 0).all())
 
 
 def _slices(data_dir, lesion) -> List[Tuple[object, Box, np.ndarray]]:

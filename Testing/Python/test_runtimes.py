@@ -24,7 +24,8 @@ from FastMedSAMLib.runtime import (
     default_runtime,
     validate_runtime,
 )
-from FastMedSAMLib.runtime.decoder import DecoderCore, PreparedDecoder
+from FastMedSAMLib.models.window import OUTSIDE_LOGIT, Window
+from FastMedSAMLib.runtime.decoder import DecoderCore, PreparedDecoder, prompt_region
 from FastMedSAMLib.runtime.device import native_bf16
 from FastMedSAMLib.runtime.half import AutocastEncoder
 from FastMedSAMLib.runtime.onnx_cache import decoder_onnx, encoder_onnx, export_dir, is_valid
@@ -147,17 +148,25 @@ def onnx_core(exact_net, tmp_path_factory):
 def test_prepared_decoder_is_the_plain_decoder(prompt, core, cases, reference, exact_net, request):
     """Boxes, clicks, mask prompts and multimask output on real embeddings: the rearranged decoder (attention
     through the token side, matrix-product upscaling), run by torch or as its ONNX export, gives the plain
-    decoder's logits up to float rounding."""
+    decoder's logits up to float rounding — the torch core within the prompts' region (`prompt_region`), outside
+    it OUTSIDE_LOGIT where the plain decoder's logits are negative too (the same masks everywhere)."""
     prepared = PreparedDecoder(exact_net)
     if core == "onnxruntime":
         prepared.single = request.getfixturevalue("onnx_core")
     kwargs = _prompt(PROMPTS[prompt])
+    region = prompt_region(256, (64, 64), kwargs.get("boxes"), kwargs.get("points"), kwargs.get("masks"))
+    if core == "onnxruntime" and not kwargs["multimask_output"]:
+        region = None  # the export computes every cell
+    inside = torch.zeros(256, 256, dtype=torch.bool)
+    r0, r1, c0, c1 = region or (0, 64, 0, 64)
+    inside[4 * r0:4 * r1, 4 * c0:4 * c1] = True
     for embedding in reference[1]:
         plain = exact_net.decode(embedding, **kwargs)
         for _ in range(2):  # the second call reuses the embedding's image side
             fast = prepared(embedding, **kwargs)
             assert fast[0].shape == plain[0].shape and fast[1].shape == plain[1].shape
-            assert float((fast[0] - plain[0]).abs().max()) < 1e-3
+            assert float((fast[0] - plain[0])[..., inside].abs().max()) < 1e-3
+            assert bool((fast[0][..., ~inside] == OUTSIDE_LOGIT).all() and (plain[0][..., ~inside] < 0).all())
             assert float((fast[1] - plain[1]).abs().max()) < 1e-4
             assert float(((fast[0] > 0) != (plain[0] > 0)).float().mean()) < 1e-4
 
@@ -179,6 +188,35 @@ def test_bf16_decoder_keeps_the_masks(prompt, reference, exact_net):
         if theirs.sum() >= 100:
             assert dice(ours, theirs) >= 0.97
     assert exact_net.mask_decoder.iou_token.weight.dtype == torch.float32  # the net's decoder is untouched
+
+
+def test_the_prompt_region_holds_every_prompt_with_a_margin():
+    """Box corners, clicks and the mask prompt's pixels, 16 px + a quarter of their extent around them, on the
+    grid's cells and inside it; clicks alone bound nothing (every cell)."""
+    assert prompt_region(256, (64, 64), torch.tensor([[[100.0, 100.0, 140.0, 120.0]]]), None, None) == (18, 37, 18, 42)
+    assert prompt_region(256, (64, 64), torch.tensor([[[0.0, 0.0, 250.0, 30.0]]]), None, None) == (0, 28, 0, 64)
+    assert prompt_region(256, (64, 64), None, (torch.tensor([[[70.0, 80.0]]]), torch.tensor([[1]])), None) is None
+    clicked = prompt_region(256, (64, 64), torch.tensor([[[100.0, 100.0, 140.0, 120.0]]]),
+                            (torch.tensor([[[200.0, 110.0]]]), torch.tensor([[1]])), None)
+    assert clicked == (14, 41, 14, 61)  # the click widens the region (and its margin)
+    mask = torch.full((1, 1, 256, 256), -6.0)
+    mask[..., 10:20, 30:40] = 6.0
+    assert prompt_region(256, (64, 64), None, None, mask) == (0, 10, 2, 15)
+    window = Window(x0=64, y0=96, size=96, stride=4)  # a crop's grid: 24 x 24 cells from cell (24, 16)
+    assert prompt_region(256, (24, 24), torch.tensor([[[100.0, 120.0, 120.0, 140.0]]]), None, None, window) == (0, 17, 3, 20)
+
+
+def test_the_upscaling_computes_the_region_only(reference, exact_net):
+    """Within the region the core's logits are those of the whole upscaling; the rest is OUTSIDE_LOGIT."""
+    prepared = PreparedDecoder(exact_net)
+    side = prepared.image_side(reference[1][0])
+    sparse, _ = exact_net.prompt_encoder(boxes=torch.tensor([[[100.0, 100.0, 140.0, 120.0]]]))
+    whole, iou = prepared.core(side.keys, side.keys_pe, sparse[0])
+    part, part_iou = prepared.core(side.keys, side.keys_pe, sparse[0], region=(19, 36, 19, 44))
+    assert torch.equal(iou, part_iou)
+    assert float((part[:, 76:144, 76:176] - whole[:, 76:144, 76:176]).abs().max()) < 1e-5
+    part[:, 76:144, 76:176] = OUTSIDE_LOGIT
+    assert bool((part == OUTSIDE_LOGIT).all())
 
 
 def test_bf16_runtime_is_refused_where_bf16_is_emulated(monkeypatch):
