@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     path = ensure_weights(DEMO_SAMPLE)
     image = read_image(path)
     print(f"image       {path} ({'x'.join(map(str, image.array.shape))} voxels, spacing {image.spacing} mm)")
-    session = Session(model=args.model or default_model(), device=args.device, pause=args.pause)
+    session = Session(model=args.model or default_model(), device=args.device, pause=args.pause, runtime=args.runtime,
+                      crop=args.crop)
     session.set_image(image, window=tuple(args.window) if args.window else None)
     prediction = session.predict(box=Box(*VERTEBRAL_BODY_BOX, z=0 if image.is_volume else None))
     mask = full_mask(session, prediction)

@@ -65,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.crop is not None and args.protocol != "box":
+        from ..errors import RuntimeChoiceError
+
+        raise RuntimeChoiceError(f"--crop is for the box protocol (LiteMedSAM box prompts), not --protocol {args.protocol}")
     if args.protocol == "refine":
         return _refine(args)
     if args.protocol == "clicks3d":

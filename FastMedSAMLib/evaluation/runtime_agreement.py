@@ -49,7 +49,7 @@ def runtime_agreement(manifest: Union[str, Path], runtimes: Sequence[str], *, mo
         for name in names[1:]:
             for ref, got in zip(outputs["torch-exact"], outputs[name]):
                 rows[name].append({"dice": dice(adapter.postprocess(got, frame), adapter.postprocess(ref, frame)),
-                                   "max_logit_error": float((got - ref)[got != OUTSIDE_LOGIT].abs().max())})
+                                   "max_logit_error": _max_error(got, ref, OUTSIDE_LOGIT)})
     return {
         "model": model, "images": cases, "targets": len(rows[names[1]]) if len(names) > 1 else 0,
         "runtimes": {name: {"mean_dice": float(np.mean([r["dice"] for r in v])),
@@ -57,6 +57,16 @@ def runtime_agreement(manifest: Union[str, Path], runtimes: Sequence[str], *, mo
                             "max_logit_error": float(np.max([r["max_logit_error"] for r in v]))}
                      for name, v in rows.items() if v},
     }
+
+
+def _max_error(got: Any, ref: Any, outside: float) -> float:
+    """Largest |got - ref| where `got` was computed; inf where it was not but `ref` is positive there (a mask
+    pixel the runtime dropped)."""
+    skipped = got == outside
+    if bool((ref[skipped] > 0).any()):
+        return float("inf")
+    computed = ~skipped
+    return float((got - ref)[computed].abs().max()) if bool(computed.any()) else 0.0
 
 
 def agreement_markdown(report: Dict[str, Any]) -> str:

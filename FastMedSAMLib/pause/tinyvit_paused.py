@@ -342,7 +342,7 @@ class PausedTinyViT(nn.Module):
 
         `features`, when given, receives the full (N, C) token map entering each block and, under key
         len(blocks), the final tokens; `record` sees each dense block's residual updates (for fitting catch-ups);
-        `tokens`: `front(image)` already computed (tuning reuses it)."""
+        `tokens`: `front(image)` of a whole frame already computed (tuning reuses it; their grid is the frame's)."""
         if image.shape[0] != 1:
             raise ValueError(f"the paused encoder takes one image at a time, got a batch of {image.shape[0]}")
         stats = PauseStats()

@@ -47,10 +47,12 @@ RECENT = 4  # embeddings whose image side is kept (the viewed slice and its neig
 # Bytes of image tokens per block of the row-wise work on a CPU (1024 float32 or 2048 bfloat16 tokens of 256
 # channels): blocks that fit in cache run about twice as fast as whole-image tensors
 BLOCK_BYTES = 1 << 20
-# A prompted mask stays near its prompts: on the token-pausing split's calibration images no positive logit of a box
-# prompt lay more than 2 frame px beyond the box (117 objects), so the upscaling (a third of a click's decoder time)
-# runs only for the cells within this margin of the prompts: REGION_MARGIN_PX + REGION_MARGIN_SHARE x their extent
-REGION_MARGIN_PX = 16
+# A box's mask stays at its box: on the token-pausing split's images no positive logit of a box prompt lay more than
+# 2 frame px beyond the box (117 calibration objects; 5 px on 198 evaluation objects), so for a box prompt the
+# upscaling (a third of a click's decoder time) runs only for the cells within REGION_MARGIN_CELLS cells +
+# REGION_MARGIN_SHARE x the prompts' extent of the box (and of a mask prompt's pixels). Clicks may reach farther
+# (a refine click edits up to several of its depths away), so prompts with points keep every cell.
+REGION_MARGIN_CELLS = 4  # 16 px of LiteMedSAM's 256 frame, 32 px of MedficientSAM's 512
 REGION_MARGIN_SHARE = 0.25
 Region = Tuple[int, int, int, int]  # cells r0, r1, c0, c1 (half-open) of an embedding grid
 
@@ -59,30 +61,27 @@ def prompt_region(frame: int, grid: Tuple[int, int], boxes: Optional[torch.Tenso
                   points: Optional[Tuple[torch.Tensor, torch.Tensor]], masks: Optional[torch.Tensor],
                   window: Optional[Window] = None) -> Optional[Region]:
     """The cells of the (h, w) embedding grid (of `window` when given, else of the `frame` px frame) within the
-    margin of every box corner, point and mask-prompt pixel above zero (one prompt set); None (every cell) for
-    points alone, whose object's extent nothing bounds."""
-    if boxes is None and masks is None:
+    margin of a box prompt and the pixels above zero of its mask prompt (one prompt set); None (every cell) without
+    a box or with points."""
+    if boxes is None or points is not None:
         return None
-    corners = []
-    if boxes is not None:
-        corners.append(boxes.reshape(-1, 2))
-    if points is not None:
-        corners.append(points[0].reshape(-1, 2))
-    if masks is not None:
-        ys, xs = torch.nonzero(masks.reshape(masks.shape[-2:]) > 0, as_tuple=True)
-        if xs.numel():
-            scale = frame / masks.shape[-1]
-            corners.append(torch.stack([torch.stack([xs.min(), ys.min()]), torch.stack([xs.max(), ys.max()])]) * scale)
-    if not corners:
-        return None
-    xy = torch.cat([c.float() for c in corners]).cpu()
-    low, high = xy.min(dim=0).values, xy.max(dim=0).values
-    margin = REGION_MARGIN_PX + REGION_MARGIN_SHARE * float((high - low).max())
     stride = frame / grid[0] if window is None else window.stride  # frame px per cell
+    corners = [boxes.reshape(-1, 2).float().cpu()]
+    if masks is not None:
+        positive = masks.reshape(-1, *masks.shape[-2:]).amax(dim=0) > 0
+        ys, xs = torch.nonzero(positive, as_tuple=True)
+        if xs.numel():
+            scale = frame / masks.shape[-1]  # frame px per mask px; a mask pixel covers [i, i + 1) x scale
+            low = torch.stack([xs.min(), ys.min()]).float() * scale
+            high = (torch.stack([xs.max(), ys.max()]).float() + 1) * scale - 1
+            corners.append(torch.stack([low, high]).cpu())
+    xy = torch.cat(corners)
+    low, high = xy.min(dim=0).values, xy.max(dim=0).values
+    margin = REGION_MARGIN_CELLS * stride + REGION_MARGIN_SHARE * float((high - low).max())
     offset = (0, 0) if window is None else (window.y0 // window.stride, window.x0 // window.stride)
 
     def span(lo: float, hi: float, cells: int, shift: int) -> Tuple[int, int]:
-        first = max(0, int(math.floor((lo - margin) / stride)) - shift)
+        first = min(cells - 1, max(0, int(math.floor((lo - margin) / stride)) - shift))
         last = min(cells, int(math.ceil((hi + 1 + margin) / stride)) - shift)
         return first, max(first + 1, last)
 

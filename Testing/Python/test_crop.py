@@ -162,3 +162,10 @@ def test_a_cropped_propagation_follows_the_lesion_through_the_volume(lesion):
         assert prediction.encoder_calls == len(zs)
         scores.append(dice(prediction.mask, gt))
     assert scores[1] > 0.7 and scores[1] > scores[0] - 0.05, scores
+
+
+def test_crop_is_refused_by_the_click_protocols(capsys):
+    from FastMedSAMLib.cli import main
+
+    assert main(["eval", "--protocol", "refine", "--crop", "3"]) == 2
+    assert "--crop is for the box protocol" in capsys.readouterr().err

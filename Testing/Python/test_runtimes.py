@@ -190,18 +190,21 @@ def test_bf16_decoder_keeps_the_masks(prompt, reference, exact_net):
     assert exact_net.mask_decoder.iou_token.weight.dtype == torch.float32  # the net's decoder is untouched
 
 
-def test_the_prompt_region_holds_every_prompt_with_a_margin():
-    """Box corners, clicks and the mask prompt's pixels, 16 px + a quarter of their extent around them, on the
-    grid's cells and inside it; clicks alone bound nothing (every cell)."""
-    assert prompt_region(256, (64, 64), torch.tensor([[[100.0, 100.0, 140.0, 120.0]]]), None, None) == (18, 37, 18, 42)
+def test_the_prompt_region_holds_the_box_and_its_mask_prompt_with_a_margin():
+    """A box (and its mask prompt's positive pixels), 4 cells + a quarter of their extent around them, on the grid's
+    cells and inside it; prompts with clicks, or without a box, bound nothing (every cell)."""
+    box = torch.tensor([[[100.0, 100.0, 140.0, 120.0]]])
+    assert prompt_region(256, (64, 64), box, None, None) == (18, 37, 18, 42)
     assert prompt_region(256, (64, 64), torch.tensor([[[0.0, 0.0, 250.0, 30.0]]]), None, None) == (0, 28, 0, 64)
-    assert prompt_region(256, (64, 64), None, (torch.tensor([[[70.0, 80.0]]]), torch.tensor([[1]])), None) is None
-    clicked = prompt_region(256, (64, 64), torch.tensor([[[100.0, 100.0, 140.0, 120.0]]]),
-                            (torch.tensor([[[200.0, 110.0]]]), torch.tensor([[1]])), None)
-    assert clicked == (14, 41, 14, 61)  # the click widens the region (and its margin)
+    assert prompt_region(256, (64, 64), torch.tensor([[[300.0, 300.0, 310.0, 310.0]]]), None, None) == (63, 64, 63, 64)
+    click = (torch.tensor([[[200.0, 110.0]]]), torch.tensor([[1]]))
+    assert prompt_region(256, (64, 64), box, click, None) is None
+    assert prompt_region(256, (64, 64), None, click, None) is None
     mask = torch.full((1, 1, 256, 256), -6.0)
     mask[..., 10:20, 30:40] = 6.0
-    assert prompt_region(256, (64, 64), None, None, mask) == (0, 10, 2, 15)
+    assert prompt_region(256, (64, 64), None, None, mask) is None
+    assert prompt_region(256, (64, 64), box, None, mask) == (0, 42, 0, 47)  # the mask widens the region
+    assert prompt_region(512, (64, 64), box * 2, None, None) == (18, 37, 18, 42)  # the same box at 512: 8 px cells
     window = Window(x0=64, y0=96, size=96, stride=4)  # a crop's grid: 24 x 24 cells from cell (24, 16)
     assert prompt_region(256, (24, 24), torch.tensor([[[100.0, 120.0, 120.0, 140.0]]]), None, None, window) == (0, 17, 3, 20)
 
