@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 
@@ -66,9 +66,14 @@ class Window:
         """The window of a (B, C, frame, frame) encoder input."""
         return image[..., self.y0:self.y0 + self.size, self.x0:self.x0 + self.size]
 
+    @property
+    def first_cell(self) -> Tuple[int, int]:
+        """(row, column) of the window's first cell on the frame's embedding grid."""
+        return self.y0 // self.stride, self.x0 // self.stride
+
     def cells(self, grid: torch.Tensor) -> torch.Tensor:
         """The window's cells of a (B, C, h, w) tensor on the frame's embedding grid."""
-        n, r, c = self.size // self.stride, self.y0 // self.stride, self.x0 // self.stride
+        (r, c), n = self.first_cell, self.size // self.stride
         return grid[..., r:r + n, c:c + n]
 
     def paste(self, logits: torch.Tensor, frame: int) -> torch.Tensor:

@@ -203,20 +203,14 @@ class _Block(nn.Module):
         self.norm, self.qkv, self.proj, self.mlp = attn.norm, attn.qkv, attn.proj, block.mlp
         self.local_conv = FoldedConv(block.local_conv)
         self.register_buffer("bias", attn.attention_biases[:, attn.attention_bias_idxs].detach().clone())
-        geometry = WindowGeometry.build(hw, block.window)
-        self.windows = geometry.count
-        self.register_buffer("window_of", geometry.window_of)
-        self.register_buffer("slot_of", geometry.slot_of)
-        self.register_buffer("table", geometry.table)
-        self._other: Dict[HW, WindowGeometry] = {}  # grids of smaller inputs (a crop of the frame), built on use
+        self._geometries: Dict[HW, WindowGeometry] = {}  # per grid (the frame's, a crop's), built on first use
 
     def geometry(self, hw: HW) -> WindowGeometry:
-        """The window partition of an (h, w) grid: the frame's own is kept in buffers, others are built once."""
-        if hw == self.hw:
-            return WindowGeometry(self.window_of, self.slot_of, self.table, self.windows)
-        found = self._other.get(hw)
-        if found is None or found.table.device != self.table.device:
-            found = self._other[hw] = WindowGeometry.build(hw, self.window).to(self.table.device)
+        """The window partition of an (h, w) grid, on the block's device, built once per grid."""
+        device = self.bias.device
+        found = self._geometries.get(hw)
+        if found is None or found.table.device != device:
+            found = self._geometries[hw] = WindowGeometry.build(hw, self.window).to(device)
         return found
 
     def _attend(self, windows: torch.Tensor) -> torch.Tensor:

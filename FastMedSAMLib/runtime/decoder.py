@@ -78,7 +78,7 @@ def prompt_region(frame: int, grid: Tuple[int, int], boxes: Optional[torch.Tenso
     xy = torch.cat(corners)
     low, high = xy.min(dim=0).values, xy.max(dim=0).values
     margin = REGION_MARGIN_CELLS * stride + REGION_MARGIN_SHARE * float((high - low).max())
-    offset = (0, 0) if window is None else (window.y0 // window.stride, window.x0 // window.stride)
+    offset = (0, 0) if window is None else window.first_cell
 
     def span(lo: float, hi: float, cells: int, shift: int) -> Tuple[int, int]:
         first = min(cells - 1, max(0, int(math.floor((lo - margin) / stride)) - shift))
@@ -95,6 +95,7 @@ class ImageSide:
 
     keys: torch.Tensor  # (N, C) image tokens + no-mask embedding
     keys_pe: torch.Tensor  # (N, C) the same + positional encoding
+    window_pe: Optional[torch.Tensor] = None  # (N, C) a window's positional encoding, in the image dtype
 
 
 def _head_weights(linear: torch.nn.Linear, heads: int) -> torch.Tensor:
@@ -282,7 +283,9 @@ class PreparedDecoder:
 
     def _image_tokens(self, embedding: torch.Tensor, dense: torch.Tensor, window: Optional[Window]) -> ImageSide:
         keys = (embedding + dense)[0].flatten(1).T.contiguous()
-        return ImageSide(keys.to(self.dtype), (keys + self._key_pe(window)).to(self.dtype))
+        key_pe = self._key_pe(window)
+        window_pe = None if window is None else key_pe.to(self.dtype).contiguous()
+        return ImageSide(keys.to(self.dtype), (keys + key_pe).to(self.dtype), window_pe)
 
     def image_side(self, embedding: torch.Tensor, window: Optional[Window] = None) -> ImageSide:
         """The image side of `embedding` (1, C, h, w; of `window` when given) without a mask prompt, computed once
@@ -319,8 +322,7 @@ class PreparedDecoder:
         grid = (int(embedding.shape[-2]), int(embedding.shape[-1]))
         region = prompt_region(self.frame, grid, boxes, points, masks, window)
         if window is not None:  # the core's own grid is the frame's (the ONNX export's too)
-            cells = (self._key_pe(window).to(self.dtype).contiguous(), grid)
-            low_res, iou = self.core(side.keys, side.keys_pe, sparse[0], multimask_output, cells, region)
+            low_res, iou = self.core(side.keys, side.keys_pe, sparse[0], multimask_output, (side.window_pe, grid), region)
         elif multimask_output or self.single is self.core:
             low_res, iou = self.core(side.keys, side.keys_pe, sparse[0], multimask_output, region=region)
         else:  # an ONNX export of the core: every cell
