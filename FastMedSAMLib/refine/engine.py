@@ -5,12 +5,17 @@ volume that correct their slice and propagate the correction until it dies out.
 Mask-prompted propagation (`propagate`): the middle slice of the 3D box takes the box; every next slice takes the
 previous slice's mask as dense prompt together with that mask's box (+3 px in the frame, as CVPR24). It stops
 where the object ends (the prediction comes back empty), or at the box's end slices. The CVPR24 reference
-propagation (`SliceEngine.propagate`) stays what `litemedsam` runs."""
+propagation (`SliceEngine.propagate`) stays what `litemedsam` runs.
+
+A decode without clicks (a box alone, or a box with a mask: every propagation step) averages the fine-tuned
+decoder's logits with those of LiteMedSAM's own decoder for the same box (`box_decoder`, trained on boxes alone;
+same embedding): the pair beat either alone on the training cases, on boxes and in propagation (README,
+*Refinement by clicking*). A decode with clicks is the fine-tuned decoder's alone: the other never learnt them."""
 from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +32,10 @@ from .focus import RULE_2D, RULE_3D, ClickRule, local_edit
 from .prompting import mask_prompt
 
 DIES_OUT_DICE = 0.97  # a re-propagated slice this close to the previous result ends the correction's spread
+BOX_DECODER_SHARE = 0.5  # LiteMedSAM's decoder's share of the logits of a decode without clicks
+
+
+Decoder = Callable[..., Tuple[Any, Any]]
 
 
 def _frame_points(points: Sequence[Point], frame: Frame) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -40,8 +49,10 @@ def _frame_points(points: Sequence[Point], frame: Frame) -> Tuple[torch.Tensor, 
 class RefineEngine:
     """Decodes with box + points + mask prompts through `slices`' net, adapter, encoder and cache."""
 
-    def __init__(self, slices: SliceEngine, rule: ClickRule = RULE_2D, rule_3d: ClickRule = RULE_3D) -> None:
+    def __init__(self, slices: SliceEngine, box_decoder: Optional[Decoder] = None, rule: ClickRule = RULE_2D,
+                 rule_3d: ClickRule = RULE_3D) -> None:
         self.slices = slices
+        self.box_decoder = box_decoder  # LiteMedSAM's own, called like `SamModel.decode`; None: the fine-tuned alone
         # how far a click's edit reaches on a slice and in a volume (refine/focus.py); in 3D a click the decoder
         # does not obey sets its spot only on its slice, after the spreading, which would carry it to the
         # neighbours (on the training cases a spread spot harmed 1 of 9 objects, the unspread one none)
@@ -66,8 +77,11 @@ class RefineEngine:
         masks = None
         if previous is not None:
             masks = mask_prompt(torch.from_numpy(to_frame(previous, frame))[None]).to(device)
-        with torch.inference_mode():  # the runtime's decoder (the prepared one unless torch-exact)
+        with torch.inference_mode():  # the runtime's decoders (the prepared ones unless torch-exact)
             low_res, iou = self.slices.decoder(embedding, points=prompt_points, boxes=boxes, masks=masks)
+            if self.box_decoder is not None and boxes is not None and not points:
+                box_only, _ = self.box_decoder(embedding, boxes=boxes)
+                low_res = (1.0 - BOX_DECODER_SHARE) * low_res + BOX_DECODER_SHARE * box_only
         synchronize(device)
         timings["decode"] += ms_since(start)
         start = time.perf_counter()

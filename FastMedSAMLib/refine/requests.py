@@ -18,11 +18,28 @@ from .engine import RefineEngine
 
 
 def refine_engine(session: Any) -> RefineEngine:
-    """The session's RefineEngine (made on first use, remade when the session's SliceEngine changes)."""
+    """The session's RefineEngine (made on first use, remade when the session's SliceEngine changes), with the
+    base model's own decoder beside the fine-tuned one (see `engine`)."""
     engine = getattr(session, "_refine_engine", None)
     if engine is None or engine.slices is not session._engine:
-        engine = session._refine_engine = RefineEngine(session._engine)
+        if getattr(session, "_box_decoder", None) is None:
+            session._box_decoder = base_decoder(session)
+        engine = session._refine_engine = RefineEngine(session._engine, session._box_decoder)
     return engine
+
+
+def base_decoder(session: Any) -> Any:
+    """The prompt encoder + mask decoder of the session's base model (LiteMedSAM's, from its verified file), run by
+    the session's runtime on its device; None for a model without a base."""
+    from ..models import load_model
+    from ..runtime import build_decoder
+
+    base = session.spec.base
+    if base is None:
+        return None
+    net = load_model(base, session.device)
+    del net.image_encoder  # the session's encoder makes the embeddings
+    return build_decoder(session.runtime, net, base, session.device)
 
 
 def _binary(mask: Any, shape: tuple, what: str) -> np.ndarray:

@@ -80,9 +80,6 @@ def weights_sha256(model: str, weights: Optional[Path]) -> str:
 
 def build_runtime(name: str, net: Any, model: str, device: Any, *, frame: int, weights: Optional[Path] = None) -> Runtime:
     """The runtime `name` for the loaded 2D model `net` (input frame `frame` px) on `device`."""
-    import torch
-
-    from .decoder import PreparedDecoder
     from .device import GPU_ENCODE_BATCH
     from .fused import FusedEncoder, fusable
 
@@ -92,7 +89,7 @@ def build_runtime(name: str, net: Any, model: str, device: Any, *, frame: int, w
         return Runtime(name, net.encode, net.decode, None, batch=batch)
     if name.startswith("onnxruntime"):
         return _onnx_runtime(name, net, model, device, frame, weights)
-    decoder = PreparedDecoder(net, image_dtype=torch.bfloat16 if name == "torch-bf16" else torch.float32)
+    decoder = build_decoder(name, net, model, device, weights=weights)
     if name == "torch-fp16":
         from .half import AutocastEncoder
 
@@ -102,17 +99,33 @@ def build_runtime(name: str, net: Any, model: str, device: Any, *, frame: int, w
     return Runtime(name, net.encode, decoder, None)
 
 
+def build_decoder(name: str, net: Any, model: str, device: Any, *, weights: Optional[Path] = None) -> Callable[..., Any]:
+    """The decoder runtime `name` runs for the loaded 2D model `net`, called like `SamModel.decode`: the plain one
+    (torch-exact), the prepared one (bfloat16 image side for torch-bf16), or that with its core in ONNX."""
+    import torch
+
+    from .decoder import PreparedDecoder
+
+    if name == "torch-exact":
+        return net.decode
+    if name.startswith("onnxruntime"):
+        from .onnx_cache import decoder_onnx
+        from .ort import OrtDecoderCore
+
+        decoder = PreparedDecoder(net)
+        decoder.single = OrtDecoderCore(decoder_onnx(decoder.core, model, weights_sha256(model, weights)), device)
+        return decoder
+    return PreparedDecoder(net, image_dtype=torch.bfloat16 if name == "torch-bf16" else torch.float32)
+
+
 def _onnx_runtime(name: str, net: Any, model: str, device: Any, frame: int, weights: Optional[Path]) -> Runtime:
     """ONNX Runtime encoder (float32 or int8) + the prepared decoder with its single-mask core in ONNX (float32)."""
-    from .decoder import PreparedDecoder
-    from .onnx_cache import decoder_onnx, encoder_onnx
-    from .ort import OrtDecoderCore, OrtEncoder
+    from .onnx_cache import encoder_onnx
+    from .ort import OrtEncoder
 
     sha = weights_sha256(model, weights)
     encoder = OrtEncoder(encoder_onnx(net.image_encoder, model, sha, frame, int8=name.endswith("int8")), device)
-    decoder = PreparedDecoder(net)
-    decoder.single = OrtDecoderCore(decoder_onnx(decoder.core, model, sha), device)
-    return Runtime(name, encoder, decoder, ("runtime", name), fused=True)
+    return Runtime(name, encoder, build_decoder(name, net, model, device, weights=weights), ("runtime", name), fused=True)
 
 
-__all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "CPU_FALLBACK_RUNTIME", "GPU_DEFAULT_RUNTIME", "default_runtime", "Runtime", "build_runtime", "validate_runtime", "weights_sha256"]
+__all__ = ["RUNTIMES", "DEFAULT_RUNTIME", "CPU_FALLBACK_RUNTIME", "GPU_DEFAULT_RUNTIME", "default_runtime", "Runtime", "build_decoder", "build_runtime", "validate_runtime", "weights_sha256"]
