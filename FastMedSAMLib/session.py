@@ -89,6 +89,10 @@ class Session:
         self._background = BackgroundThread()
         self._warm_up()
         self.runtime = runtime if isinstance(self._engine, SliceEngine) else "torch-exact"
+        if self._refines:  # its engine and the base model's decoder load now, not on the first prompt
+            from .refine.requests import refine_engine
+
+            refine_engine(self)
         self._gate = ModelGate()
         self._prefetch: Optional[Prefetch] = None
         self.image: Optional[Image] = None
@@ -173,6 +177,11 @@ class Session:
         self._image_key = (image.identity, window)
 
     @property
+    def _refines(self) -> bool:
+        """A 2D model that also takes points and the previous mask: a refinement model (litemedsam-refine)."""
+        return self.spec.dimensionality == "2D" and "point" in self.spec.prompts
+
+    @property
     def is_volume(self) -> bool:
         return self._u8 is not None and self.image is not None and self.image.is_volume
 
@@ -194,7 +203,7 @@ class Session:
             raise PromptError("no image: call set_image() before predict()")
         start = time.perf_counter()
         with self._gate.prompt():  # a running prefetch yields before its next slice
-            if self.spec.dimensionality == "2D" and "point" in self.spec.prompts:  # refinement (litemedsam-refine)
+            if self._refines:
                 from .refine.requests import predict as predict_refine
 
                 prediction = predict_refine(self, box, points, mask)
