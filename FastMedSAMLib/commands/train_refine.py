@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rule-in-loop", action="store_true",
                    help="feed each click round's mask back as inference does: the previous mask with the click "
                         "rule's edit (refine/focus.py), not the decoder's whole answer")
+    p.add_argument("--pair", action="store_true",
+                   help="train a decode without clicks as inference runs it: averaged with LiteMedSAM's own "
+                        "(frozen) decoder's logits for the box (refine/engine.py)")
     p.add_argument("--slices-per-volume", type=positive_int,
                    help="axial slices taken from each training volume (default: refine.data's, 12)")
     p.add_argument("--crops-per-image", type=positive_int,
@@ -75,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
             raise WeightsError(f"{args.init} is not a litemedsam-refine prompt encoder + decoder file")
     config = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, click_loss=args.click_loss,
                          keep_loss=args.keep_loss, click_target=args.click_target, every_round=args.every_round,
-                         rule_in_loop=args.rule_in_loop,
+                         rule_in_loop=args.rule_in_loop, pair=args.pair,
                          **({} if args.lr is None else {"lr": args.lr}))
-    report = train(net, records, config, progress=not args.quiet, log=log)
+    report = train(net, records, config, progress=not args.quiet, log=log,
+                   base_net=load_model("litemedsam") if args.pair else None)
     sha256 = save(net, args.out)
     report.update({"commit": commit, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
                    "manifest_sha256": sha256_file(args.manifest), "split": split(read_manifest(args.manifest)),
@@ -104,6 +108,7 @@ def _note(args: argparse.Namespace, report: dict) -> str:
             + (f" --click-target {args.click_target}" if args.click_target != "disk" else "")
             + (" --every-round" if args.every_round else "")
             + (" --rule-in-loop" if args.rule_in_loop else "")
+            + (" --pair" if args.pair else "")
             + (f" --slices-per-volume {args.slices_per_volume}" if args.slices_per_volume else "")
             + (f" --crops-per-image {args.crops_per_image}" if args.crops_per_image else "")
             + (f" --init {args.init}" if args.init else ""))

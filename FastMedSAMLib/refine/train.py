@@ -14,7 +14,9 @@ Each step simulates one interaction episode for a batch of objects (SAM / RITM s
   "error": the connected error region the round's new click was drawn from, which the click asks to fix), and,
   with `keep_loss`, a BCE on the pixels the previous round had right (a click must not break them); with
   `rule_in_loop`, each click round's mask is fed back as inference feeds it back (the previous mask with the click
-  rule's edit, `focus.local_edit`), not the decoder's whole answer.
+  rule's edit, `focus.local_edit`), not the decoder's whole answer; with `pair`, a decode without clicks (a box,
+  a mask with its box) is trained as inference runs it: its logits averaged with LiteMedSAM's frozen decoder's for
+  the box (`engine.BOX_DECODER_SHARE`), so the fine-tuned decoder learns what to add to it.
 A third of the steps stop after the first prompt, so box-only results are trained all along. Fixed seed and one
 thread: the same cache and settings give the same weights."""
 from __future__ import annotations
@@ -31,6 +33,7 @@ from scipy import ndimage
 from ..prompts import Point
 from .clicks import deepest_error_click, first_click, random_error_click
 from .data import Record
+from .engine import BOX_DECODER_SHARE
 from .focus import RULE_2D, local_edit
 from .prompting import mask_prompt, run_decoder
 
@@ -60,6 +63,7 @@ class TrainConfig:
     # region the round's new click was drawn from (what the evaluation's click asks to fix)
     every_round: bool = False  # a loss on every round of the episode (SAM's iterative training), not the last only
     rule_in_loop: bool = False  # feed back what inference feeds back: the previous mask edited by the click rule
+    pair: bool = False  # decodes without clicks as inference runs them: averaged with LiteMedSAM's frozen decoder
 
 
 def _bbox(mask: np.ndarray) -> np.ndarray:
@@ -166,7 +170,10 @@ def _round_loss(logits, iou_pred, truth, truth_np, clicks, predicted, pointed, c
     return loss, parts
 
 
-def _episode(prompt_encoder, mask_decoder, records, chosen, mode: str, rng: np.random.Generator, config: TrainConfig):
+def _episode(prompt_encoder, mask_decoder, records, chosen, mode: str, rng: np.random.Generator, config: TrainConfig,
+             base: Optional[Tuple[Any, Any]] = None):
+    """One simulated interaction for the `chosen` objects; `base`: LiteMedSAM's (prompt encoder, mask decoder),
+    frozen, whose box logits a decode without clicks is averaged with (`config.pair`, as `engine` decodes)."""
     embeddings = torch.stack([records[r].embedding.float() for r, _ in chosen])
     truth = torch.stack([records[r].masks[i] for r, i in chosen])
     truth_np = truth.numpy()
@@ -197,6 +204,10 @@ def _episode(prompt_encoder, mask_decoder, records, chosen, mode: str, rng: np.r
         with torch.set_grad_enabled(config.every_round or r == rounds):  # else only the last round is trained
             logits, iou_pred = run_decoder(prompt_encoder, mask_decoder, embeddings, boxes,
                                            _points_tensor(clicks) if any(clicks) else None, dense)
+            if base is not None and boxes is not None and not any(clicks):
+                with torch.no_grad():
+                    box_only, _ = run_decoder(*base, embeddings, boxes)
+                logits = (1.0 - BOX_DECODER_SHARE) * logits + BOX_DECODER_SHARE * box_only
             if torch.is_grad_enabled():
                 loss, parts = _round_loss(logits, iou_pred, truth, truth_np, clicks, predicted, pointed, config)
                 total, terms = total + loss, terms + 1
@@ -226,8 +237,17 @@ def _episode(prompt_encoder, mask_decoder, records, chosen, mode: str, rng: np.r
     return total / terms, parts
 
 
-def train(net: Any, records: Sequence[Record], config: TrainConfig, progress: bool = True, log=print) -> Dict[str, Any]:
-    """Fine-tune `net.prompt_encoder` and `net.mask_decoder` in place; returns the training report."""
+def train(net: Any, records: Sequence[Record], config: TrainConfig, progress: bool = True, log=print,
+          base_net: Any = None) -> Dict[str, Any]:
+    """Fine-tune `net.prompt_encoder` and `net.mask_decoder` in place; returns the training report. `base_net`:
+    LiteMedSAM, whose frozen prompt encoder + decoder `config.pair` needs."""
+    if config.pair and base_net is None:
+        raise ValueError("pair training needs LiteMedSAM's own decoder: pass base_net")
+    base = None
+    if config.pair:
+        base = (base_net.prompt_encoder.eval(), base_net.mask_decoder.eval())
+        for p in (q for m in base for q in m.parameters()):
+            p.requires_grad_(False)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     sampler = Sampler(records)
@@ -245,7 +265,7 @@ def train(net: Any, records: Sequence[Record], config: TrainConfig, progress: bo
         mode = str(rng.choice(MODES, p=[config.p_box, config.p_point, 1 - config.p_box - config.p_point]))
         chosen = sampler.draw(config.batch, rng, mode == "neighbour")
         with torch.autocast(device_type="cpu", dtype=torch.bfloat16):  # about 2x faster on CPUs with bf16
-            loss, parts = _episode(net.prompt_encoder, net.mask_decoder, sampler.records, chosen, mode, rng, config)
+            loss, parts = _episode(net.prompt_encoder, net.mask_decoder, sampler.records, chosen, mode, rng, config, base)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

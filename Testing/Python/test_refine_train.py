@@ -32,9 +32,9 @@ def record(manifest_path):
     return _record(source, rgb, objects, net, slice_adapter("litemedsam"), seed=0)
 
 
-def _decoder_state(config: TrainConfig, record) -> dict:
+def _decoder_state(config: TrainConfig, record, base_net=None) -> dict:
     net = load_model("litemedsam")
-    report = train(net, [record], config, progress=False)
+    report = train(net, [record], config, progress=False, base_net=base_net)
     assert all(np.isfinite(h["loss"]) for h in report["history"])
     return {k: v.clone() for k, v in net.mask_decoder.state_dict().items()}
 
@@ -65,3 +65,24 @@ def test_rule_in_loop_feeds_back_what_inference_feeds_back(record, monkeypatch):
     calls.clear()
     without = _decoder_state(TrainConfig(steps=3, batch=2, lr=1e-3, p_first_only=0.0, p_mask_only=0.0, seed=1), record)
     assert not calls and any(not torch.equal(with_rule[k], without[k]) for k in with_rule)
+
+
+def test_pair_training_averages_the_no_click_decodes_with_the_frozen_litemedsam_decoder(record, monkeypatch):
+    """With `pair`, every decode without clicks is LiteMedSAM's box logits averaged in (as inference decodes it),
+    the frozen decoder stays as it was, and the run is reproducible and differs from one without it."""
+    from FastMedSAMLib.refine import train as train_module
+
+    base_net = load_model("litemedsam")
+    before = {k: v.clone() for k, v in base_net.mask_decoder.state_dict().items()}
+    calls = []
+    real = train_module.run_decoder
+    monkeypatch.setattr(train_module, "run_decoder", lambda *a, **k: calls.append(a[1] is base_net.mask_decoder) or real(*a, **k))
+    config = TrainConfig(steps=3, batch=2, lr=1e-3, p_point=0.0, p_first_only=1.0, pair=True, seed=2)
+    paired = _decoder_state(config, record, base_net)
+    assert calls.count(True) == 3 and calls.count(False) == 3  # every (box-first, click-free) decode had its pair
+    assert all(torch.equal(before[k], v) for k, v in base_net.mask_decoder.state_dict().items())
+    assert all(torch.equal(paired[k], v) for k, v in _decoder_state(config, record, base_net).items())
+    alone = _decoder_state(TrainConfig(steps=3, batch=2, lr=1e-3, p_point=0.0, p_first_only=1.0, seed=2), record)
+    assert any(not torch.equal(paired[k], alone[k]) for k in paired)
+    with pytest.raises(ValueError, match="base_net"):
+        train(load_model("litemedsam"), [record], config, progress=False)
