@@ -117,7 +117,7 @@ def _note(args: argparse.Namespace, report: dict) -> str:
 Prompt encoder + mask decoder of `litemedsam-refine`, fine-tuned from LiteMedSAM's by `fastmedsam train-refine
 --manifest <shared>/data/manifest.json --out {args.out} --seed {args.seed} --steps {args.steps} --batch {args.batch} --lr {config['lr']}{init}`
 (FastMedSAMLib/refine/train.py) at commit `{report['commit']}`, torch {report['torch']}, {report['threads']} thread(s),
-bfloat16 autocast, in {report['seconds']} s of training (embeddings cached beforehand); manifest sha256
+{report['precision']}, in {report['seconds']} s of training (embeddings cached beforehand); manifest sha256
 `{report['manifest_sha256']}`. The image encoder is LiteMedSAM's, unchanged (not in this file).
 
 - size {report['size']} bytes (float16), sha256 `{report['sha256']}`

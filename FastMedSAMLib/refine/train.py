@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..prompts import Point
+from ..runtime.device import native_bf16
 from .clicks import deepest_error_click, first_click, random_error_click
 from .data import Record
 from .engine import BOX_DECODER_SHARE
@@ -258,13 +259,15 @@ def train(net: Any, records: Sequence[Record], config: TrainConfig, progress: bo
         p.requires_grad_(False)
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps, eta_min=config.lr * 0.1)
+    # bfloat16 autocast is about 2x faster where the CPU has bf16 instructions; emulated elsewhere, it crawls
+    autocast = native_bf16(torch.device("cpu"))
     started = time.perf_counter()
     history: List[Dict[str, float]] = []
     window: List[Dict[str, Any]] = []
     for step in range(config.steps):
         mode = str(rng.choice(MODES, p=[config.p_box, config.p_point, 1 - config.p_box - config.p_point]))
         chosen = sampler.draw(config.batch, rng, mode == "neighbour")
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):  # about 2x faster on CPUs with bf16
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=autocast):
             loss, parts = _episode(net.prompt_encoder, net.mask_decoder, sampler.records, chosen, mode, rng, config, base)
         optimiser.zero_grad()
         loss.backward()
@@ -282,5 +285,6 @@ def train(net: Any, records: Sequence[Record], config: TrainConfig, progress: bo
     net.prompt_encoder.eval()
     net.mask_decoder.eval()
     return {"config": asdict(config), "seconds": round(time.perf_counter() - started, 1), "history": history,
+            "precision": "bfloat16 autocast" if autocast else "float32",
             "objects": len(sampler.objects), "objects_with_neighbours": len(sampler.with_neighbours),
             "slices": len(sampler.records), "sources": [r.source for r in sampler.records]}
