@@ -10,11 +10,13 @@ session of it) and 3D jobs (a job runs on the replica that took it; any replica 
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Dict, Optional
 
 from .settings import ServerSettings
 
+PROXY_READY_TIMEOUT_S = 60  # Serve's default is 5 s (see run_ray)
 MAX_IMAGES_PER_REPLICA = 64  # digests a replica advertises (LRU); its image store is bounded by bytes anyway
 BOARD_NAME, BOARD_NAMESPACE = "fastmedsam-jobs", "fastmedsam"
 
@@ -129,6 +131,10 @@ def run_ray(settings: ServerSettings, replicas: int, threads: int = 1, object_st
             num_cpus: Optional[int] = None, gpus_per_replica: float = 0.0) -> None:
     """Start a local Ray, deploy `replicas` replicas behind Serve's HTTP proxy on settings.host:port, and block."""
     import ray
+
+    # Serve gives its HTTP proxy 5 s to report ready and kills it after three misses; on a small machine busy
+    # loading replicas (a 2-core CI runner) it misses them and the server exits. Ray's processes inherit this.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_READY_TIMEOUT_S))
     from ray import serve
 
     ray.init(num_cpus=num_cpus, object_store_memory=object_store_mb * 2**20, include_dashboard=False,

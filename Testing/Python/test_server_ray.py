@@ -36,7 +36,10 @@ def ray_server(litemedsam_checkpoint):
     finally:
         import psutil
 
-        tree = psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]
+        try:  # a server that exited by itself (wait_healthy says why) leaves nothing to stop
+            tree = psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]
+        except psutil.NoSuchProcess:
+            tree = []
         for member in tree:  # the server and the Ray processes it started (gcs, raylet, replicas)
             member.terminate()
         for member in psutil.wait_procs(tree, timeout=20)[1]:
