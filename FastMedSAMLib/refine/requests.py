@@ -18,13 +18,11 @@ from .engine import RefineEngine
 
 
 def refine_engine(session: Any) -> RefineEngine:
-    """The session's RefineEngine (made on first use, remade when the session's SliceEngine changes), with the
-    base model's own decoder beside the fine-tuned one (see `engine`)."""
+    """The session's RefineEngine (made once, when the Session is made), with the base model's own decoder beside
+    the fine-tuned one (see `engine`)."""
     engine = getattr(session, "_refine_engine", None)
-    if engine is None or engine.slices is not session._engine:
-        if getattr(session, "_box_decoder", None) is None:
-            session._box_decoder = base_decoder(session)
-        engine = session._refine_engine = RefineEngine(session._engine, session._box_decoder)
+    if engine is None:
+        engine = session._refine_engine = RefineEngine(session._engine, base_decoder(session))
     return engine
 
 
