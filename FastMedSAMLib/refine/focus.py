@@ -6,7 +6,9 @@ are a `ClickRule`'s: `RULE_2D` for slices, `RULE_3D` for volumes):
 * it must be obeyed: the clicked pixel (voxel) must end up on the click's side (inside for an include click,
   outside for an exclude click); a click the decoder does not follow changes nothing elsewhere, but still sets
   its own spot on its slice (so a click always does what it says where it lands, and the next click, at the
-  deepest remaining error, lands somewhere new instead of on the same pixel): a disk of `follow` pixels, and in
+  deepest remaining error, lands somewhere new instead of on the same pixel): a disk of `follow` pixels, on a
+  slice only as wide as the click is deep (`spot_depth`, at least `FOCUS_MIN_PX`: on small objects a shallow
+  click's 3 px disk was most of what its harmful steps changed; in a volume one slice's spot is a sliver), and in
   2D the pixels within `spot_border` (width, reach) of the previous border (below), at most `spot_max_px` (a
   band of 1 × 13 px for a click 13 px deep removed 60 % of a validation EM cell: nothing but the click backs it);
 * its edit stays in a focus window: a disk (a ball in voxels in 3D) around the click whose radius is `focus`
@@ -38,7 +40,7 @@ from scipy import ndimage
 
 from ..prompts import Point
 
-FOCUS_MIN_PX = 3.0
+FOCUS_MIN_PX = 2.0  # px: the smallest window (and spot) radius, for clicks 1-2 px deep
 NO_BAND = (0.0, 0.0)
 
 
@@ -47,7 +49,8 @@ class ClickRule:
     """How far a click's edit reaches (module documentation); lengths in click depths unless named px."""
 
     focus: float  # the window's radius around the click; inf: no window
-    follow: float  # px: the spot a click the decoder does not obey still sets (0: none)
+    follow: float  # px: the largest spot a click the decoder does not obey still sets (0: none)
+    spot_depth: float = float("inf")  # the spot's radius in click depths (FOCUS_MIN_PX to `follow` px); inf: `follow`
     border: Tuple[float, float] = NO_BAND  # (width, reach) of the window along the previous border
     spot_border: Tuple[float, float] = NO_BAND  # the same for the spot of a click not obeyed, each at most
     spot_max_px: float = 6.0  # px: nothing backs a spot but the click, so it stays small however deep the click
@@ -57,8 +60,9 @@ class ClickRule:
 
 # tuned on the training cases of the split (README, *Refinement by clicking*): focus 1.0 / 1.5 / 2 / 3 in 2D, 2 / 3 /
 # 4 / 6 / 8 in 3D; follow 2 / 3 / 5 px; border width 0.5 / 0.75 / 1 and reach 4 / 8 / 12 / 16 (on volumes: worse);
-# spot border reach 1.5 / 2 / 3; max slices 4 / 8 / 12 / 16; nearest click on / off (in 2D: no better)
-RULE_2D = ClickRule(focus=1.5, follow=3.0, border=(0.5, 8.0), spot_border=(1.0, 1.5))
+# spot border reach 1.5 / 2 / 3; max slices 4 / 8 / 12 / 16; nearest click on / off (in 2D: no better); smallest
+# window 1.5 / 2 / 2.5 / 3 px, spot depth 1 / 1.5 / 2 (with 2 px; volumes: no change on the training side)
+RULE_2D = ClickRule(focus=1.5, follow=3.0, spot_depth=1.0, border=(0.5, 8.0), spot_border=(1.0, 1.5))
 RULE_3D = ClickRule(focus=3.0, follow=3.0, max_slices=12, nearest_click=True)
 
 
@@ -150,14 +154,13 @@ def _keep_nearer(region: np.ndarray, index: Tuple[int, ...], others: Sequence[Tu
 
 def _spot_of(previous: np.ndarray, index: Tuple[int, ...], positive: bool, rule: ClickRule) -> np.ndarray:
     """The pixels a click the decoder does not obey sets to its side, on its own slice."""
-    spot = _spot(previous.shape, index, rule.follow)
+    plane = previous[index[0]] if previous.ndim == 3 else previous
+    depth = max(_depth(plane, index[-2:]), 1.0)
+    spot = _spot(previous.shape, index, min(rule.follow, max(rule.spot_depth * depth, FOCUS_MIN_PX)))
     width, reach = rule.spot_border
-    if width > 0 and reach > 0:
-        plane = previous[index[0]] if previous.ndim == 3 else previous
-        depth = max(_depth(plane, index[-2:]), 1.0)
-        if np.isfinite(depth):  # (no border on the slice: no band)
-            cap = rule.spot_max_px
-            spot[index[:-2]] |= _border_band(plane, index[-2:], positive, min(width * depth, cap), min(reach * depth, cap))
+    if width > 0 and reach > 0 and np.isfinite(depth):  # (no border on the slice: no band)
+        cap = rule.spot_max_px
+        spot[index[:-2]] |= _border_band(plane, index[-2:], positive, min(width * depth, cap), min(reach * depth, cap))
     return spot
 
 
