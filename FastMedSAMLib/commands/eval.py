@@ -47,8 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "default: the engine's tuned value)")
     p.add_argument("--focus-3d", type=_focus, help="refine: the same for clicks on volumes")
     p.add_argument("--follow", type=float,
-                   help="refine: radius in pixels that a click the decoder does not obey still sets to its side "
-                        "(0 = none; default: the engine's)")
+                   help="refine: largest radius in pixels that a click the decoder does not obey still sets to its "
+                        "side (0 = none; default: the engine's)")
+    p.add_argument("--spot-depth", type=_focus,
+                   help="refine: that spot's radius on a 2D slice in click depths, from 2 px up to --follow (inf = "
+                        "always --follow; default: the engine's)")
     p.add_argument("--border", type=_band, metavar="WIDTH,REACH",
                    help="refine: the focus window's reach along the previous border on 2D slices, in click depths "
                         "(0,0 = none; default: the engine's)")
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 def _focus(text: str) -> float:
     value = float(text)
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"the focus factor must be > 0 (inf: no window), got {text}")
+        raise argparse.ArgumentTypeError(f"a focus or spot factor must be > 0 (inf: no limit), got {text}")
     return value
 
 
@@ -137,7 +140,8 @@ def _refine(args: argparse.Namespace) -> int:
         max_targets=args.max_targets or 20, device=args.device, refine_model=args.model or REFINE_MODEL,
         refine_weights=None if args.weights == "official" else Path(args.weights),
         embedding_cache=args.embedding_cache, progress=not args.quiet, split=args.split or VALIDATION,
-        rule=_given(focus=args.focus, follow=args.follow, border=args.border, spot_border=args.spot_border),
+        rule=_given(focus=args.focus, follow=args.follow, spot_depth=args.spot_depth, border=args.border,
+                    spot_border=args.spot_border),
         rule_3d=_given(focus=args.focus_3d, follow=args.follow, border=args.border_3d),
     )
     return emit(report, markdown(report), args.out)

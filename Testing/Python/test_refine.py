@@ -342,11 +342,13 @@ def test_eval_runs_the_asked_side_of_the_split_and_refuses_the_other_protocols_s
     assert not list(tmp_path.iterdir())
     out = tmp_path / "train.json"
     assert main([*base, "--protocol", "refine", "--clicks", "1", "--noc-max", "1", "--split", "train",
-                 "--focus", "2", "--focus-3d", "inf", "--border", "0,0", "--quiet", "--out", str(out)]) == 0
+                 "--focus", "2", "--focus-3d", "inf", "--border", "0,0", "--spot-depth", "1.5", "--quiet", "--out",
+                 str(out)]) == 0
     report = json.loads(out.read_text(encoding="utf-8"))
     sides = split(read_manifest(manifest_path))
     assert report["split"] == TRAIN and report["rows"]
     assert report["rule"]["focus"] == 2.0 and report["rule"]["border"] == [0, 0] and report["rule_3d"]["focus"] == float("inf")
+    assert report["rule"]["spot_depth"] == 1.5 and report["rule_3d"]["spot_depth"] == float("inf")
     assert all(sides[case_key(e)] == TRAIN for e in read_manifest(manifest_path)
                if e.image_name in {r["image"] for r in report["rows"]})
 
