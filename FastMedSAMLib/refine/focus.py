@@ -61,8 +61,9 @@ class ClickRule:
 # tuned on the training cases of the split (README, *Refinement by clicking*): focus 1.0 / 1.5 / 2 / 3 in 2D, 2 / 3 /
 # 4 / 6 / 8 in 3D; follow 2 / 3 / 5 px; border width 0.5 / 0.75 / 1 and reach 4 / 8 / 12 / 16 (on volumes: worse);
 # spot border reach 1.5 / 2 / 3; max slices 4 / 8 / 12 / 16; nearest click on / off (in 2D: no better); smallest
-# window 1.5 / 2 / 2.5 / 3 px, spot depth 1 / 1.5 / 2 (with 2 px; volumes: no change on the training side)
-RULE_2D = ClickRule(focus=1.5, follow=3.0, spot_depth=1.0, border=(0.5, 8.0), spot_border=(1.0, 1.5))
+# window 1.5 / 2 / 2.5 / 3 px, spot depth 1 / 1.5 / 2 (with 2 px; volumes: no change on the training side); with
+# those, focus 1.25 / 2, border 0.75 x 8 and 0.5 x 12 (reach 8 before), follow 4
+RULE_2D = ClickRule(focus=1.5, follow=3.0, spot_depth=1.0, border=(0.5, 12.0), spot_border=(1.0, 1.5))
 RULE_3D = ClickRule(focus=3.0, follow=3.0, max_slices=12, nearest_click=True)
 
 

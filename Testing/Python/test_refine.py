@@ -318,7 +318,7 @@ def test_a_slice_click_reaches_along_the_previous_border_and_so_does_the_spot_of
     click = Point(33, 20)  # include, depth 4 (nearest mask pixel: (20, 29))
     disk_only = local_edit(previous, refined, [click], _rule(2))
     assert disk_only[20, 33] and not disk_only[10, 30]  # 10.4 px from the click: outside a disk of 1.5 x 4
-    edited = local_edit(previous, refined, [click], RULE_2D)  # + within 0.5 x 4 px of the border, 8 x 4 px along it
+    edited = local_edit(previous, refined, [click], RULE_2D)  # + within 0.5 x 4 px of the border, 12 x 4 px along it
     assert edited[10:30, 30:32].all() and not edited[10, 32] and not edited[10, 35]
     assert np.array_equal(edited & ~refined, np.zeros_like(edited))  # still only what the decoder proposed
     # a click the decoder does not follow: its spot also takes the pixels within 1 x 4 px of the border, up to 1.5 x
