@@ -297,7 +297,6 @@ def test_a_click_changes_only_its_side_in_its_focus_window_and_only_if_obeyed(nd
     assert edited[lead + (slice(10, 30), slice(26, 30))].all() and edited[lead + (20, 33)].all()
 
 
-
 def test_the_spot_of_a_click_not_followed_is_as_wide_as_the_click_is_deep():
     from FastMedSAMLib.refine.focus import local_edit
 
@@ -307,6 +306,7 @@ def test_the_spot_of_a_click_not_followed_is_as_wide_as_the_click_is_deep():
     for x, radius in ((10, 2.0), (11, 2.0), (12, 3.0), (20, 3.0)):  # depths 1, 2, 3, 10: from 2 px up to 3 px
         carved = local_edit(previous, previous.copy(), [Point(x, 20, positive=False)], _rule(2))
         assert np.array_equal(previous & ~carved, previous & ((yy - 20) ** 2 + (xx - x) ** 2 <= radius**2)), x
+
 
 def test_a_slice_click_reaches_along_the_previous_border_and_so_does_the_spot_of_one_not_followed():
     from FastMedSAMLib.refine.focus import RULE_2D, local_edit
