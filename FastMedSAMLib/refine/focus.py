@@ -156,10 +156,12 @@ def _keep_nearer(region: np.ndarray, index: Tuple[int, ...], others: Sequence[Tu
 def _spot_of(previous: np.ndarray, index: Tuple[int, ...], positive: bool, rule: ClickRule) -> np.ndarray:
     """The pixels a click the decoder does not obey sets to its side, on its own slice."""
     plane = previous[index[0]] if previous.ndim == 3 else previous
-    depth = max(_depth(plane, index[-2:]), 1.0)
-    spot = _spot(previous.shape, index, min(rule.follow, max(rule.spot_depth * depth, FOCUS_MIN_PX)))
     width, reach = rule.spot_border
-    if width > 0 and reach > 0 and np.isfinite(depth):  # (no border on the slice: no band)
+    banded = width > 0 and reach > 0
+    # the click's depth (a distance transform of the slice) only where the spot's size depends on it
+    depth = max(_depth(plane, index[-2:]), 1.0) if banded or np.isfinite(rule.spot_depth) else float("inf")
+    spot = _spot(previous.shape, index, min(rule.follow, max(rule.spot_depth * depth, FOCUS_MIN_PX)))
+    if banded and np.isfinite(depth):  # (no border on the slice: no band)
         cap = rule.spot_max_px
         spot[index[:-2]] |= _border_band(plane, index[-2:], positive, min(width * depth, cap), min(reach * depth, cap))
     return spot
