@@ -87,12 +87,12 @@ class Session:
             self._engine.crop = crop
         self.crop = crop
         self._background = BackgroundThread()
-        self._warm_up()
         self.runtime = runtime if isinstance(self._engine, SliceEngine) else "torch-exact"
         if self._refines:  # its engine and the base model's decoder load now, not on the first prompt
             from .refine.requests import refine_engine
 
             refine_engine(self)
+        self._warm_up()
         self._gate = ModelGate()
         self._prefetch: Optional[Prefetch] = None
         self.image: Optional[Image] = None
@@ -119,8 +119,9 @@ class Session:
         execution plans per thread), so that neither a first prompt nor a first prefetch slice pays for it. No
         prefetch may be running (the warm-up would queue behind it)."""
         if self.device.type == "cuda" and isinstance(self._engine, SliceEngine):
-            self._engine.warm_up()
-            self._background.submit(self._engine.warm_up).wait()
+            warm_up = self._refine_engine.warm_up if self._refines else self._engine.warm_up
+            warm_up()
+            self._background.submit(warm_up).wait()
 
     # -- token pausing ---------------------------------------------------------------------------------------
     def set_pause(self, pause: float) -> None:

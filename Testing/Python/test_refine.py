@@ -141,6 +141,31 @@ def test_a_decode_without_clicks_averages_the_fine_tuned_and_litemedsam_decoders
                                                                        click["points"], pair).mask)
 
 
+def test_the_warm_up_runs_the_click_and_the_box_decoders_and_caches_nothing(monkeypatch):
+    """On a GPU a Session warms up every decoder a refinement prompt takes, on this thread and on the prefetch
+    thread: a click (points and a mask prompt, fine-tuned decoder) and a box (both decoders). Here the device is
+    said to be a GPU for the warm-up's check alone; the decoders are counted, the cache stays empty."""
+    from FastMedSAMLib.refine.requests import refine_engine
+
+    session = Session(model=MODEL, device="cpu")
+    engine = refine_engine(session)
+    calls = []
+
+    def counted(name, decode):
+        def call(embedding, **prompts):
+            calls.append((name, tuple(sorted(k for k, v in prompts.items() if v is not None))))
+            return decode(embedding, **prompts)
+        return call
+
+    monkeypatch.setattr(engine.slices, "decoder", counted("fine-tuned", engine.slices.decoder))
+    monkeypatch.setattr(engine, "box_decoder", counted("litemedsam", engine.box_decoder))
+    monkeypatch.setattr(session, "device", torch.device("cuda"))
+    session._warm_up()
+    once = [("fine-tuned", ("boxes", "masks", "points")), ("fine-tuned", ("boxes",)), ("litemedsam", ("boxes",))]
+    assert calls == once * 2  # this thread, then the prefetch thread
+    assert len(session.cache) == 0
+
+
 def test_stateless_same_inputs_same_mask(session, btcv):
     entry, image, label, found = btcv
     session.set_image(image)
