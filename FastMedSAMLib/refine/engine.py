@@ -9,8 +9,8 @@ propagation (`SliceEngine.propagate`) stays what `litemedsam` runs.
 
 A decode without clicks (a box alone, or a box with a mask: every propagation step) averages the fine-tuned
 decoder's logits with those of LiteMedSAM's own decoder for the same box (`box_decoder`, trained on boxes alone;
-same embedding): the pair beat either alone on the training cases, on boxes and in propagation (README,
-*Refinement by clicking*). A decode with clicks is the fine-tuned decoder's alone: the other never learnt them."""
+same embedding): the pair beat either alone on the training cases, on boxes and in propagation (refine/README.md,
+*Two decoders*). A decode with clicks is the fine-tuned decoder's alone: the other never learnt them."""
 from __future__ import annotations
 
 import time

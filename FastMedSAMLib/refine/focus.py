@@ -58,7 +58,7 @@ class ClickRule:
     nearest_click: bool = False  # a click changes only what lies nearer to it than to any click of the other sign
 
 
-# tuned on the training cases of the split (README, *Refinement by clicking*): focus 1.0 / 1.5 / 2 / 3 in 2D, 2 / 3 /
+# tuned on the training cases of the split (refine/README.md): focus 1.0 / 1.5 / 2 / 3 in 2D, 2 / 3 /
 # 4 / 6 / 8 in 3D; follow 2 / 3 / 5 px; border width 0.5 / 0.75 / 1 and reach 4 / 8 / 12 / 16 (on volumes: worse);
 # spot border reach 1.5 / 2 / 3; max slices 4 / 8 / 12 / 16; nearest click on / off (in 2D: no better); smallest
 # window 1.5 / 2 / 2.5 / 3 px, spot depth 1 / 1.5 / 2 (with 2 px; volumes: no change on the training side); with
