@@ -127,12 +127,17 @@ class SliceEngine:
         self._encode([k for k, _ in todo], [s for _, s in todo], timings)
         return len(todo)
 
+    def blank_embedding(self) -> Tuple[torch.Tensor, Frame]:
+        """An untimed, uncached encode of a blank slice, and its frame (for warm-ups)."""
+        tensor, frame = self.adapter.preprocess(np.zeros((self.adapter.size, self.adapter.size, 3), np.uint8))
+        return self.encoder(tensor.to(self.device)), frame
+
     def warm_up(self) -> None:
         """One untimed encode + decode of a blank slice, caching nothing: on a GPU the first kernels pay the
         libraries' start-up (handles, kernel loading), which should not land on the user's first prompt."""
-        tensor, _ = self.adapter.preprocess(np.zeros((self.adapter.size, self.adapter.size, 3), np.uint8))
+        embedding, _ = self.blank_embedding()
         box = torch.tensor([[[0.0, 0.0, 8.0, 8.0]]], device=self.device)
-        self.decoder(self.encoder(tensor.to(self.device)), boxes=box)
+        self.decoder(embedding, boxes=box)
         synchronize(self.device)
 
     def ensure_embedding(self, key: Hashable, slice_u8: np.ndarray) -> bool:

@@ -93,10 +93,8 @@ class RefineEngine:
         """The slice engine's warm-up for every path a refinement prompt takes: one untimed encode of a blank
         slice, a click decode (box, include point and mask prompt, fine-tuned decoder) and a click-free decode
         (both decoders), caching nothing; on a GPU a first click then pays no kernel loading either."""
+        embedding, frame = self.slices.blank_embedding()
         size = self.slices.adapter.size
-        tensor, frame = self.slices.adapter.preprocess(np.zeros((size, size, 3), np.uint8))
-        with torch.inference_mode():
-            embedding = self.slices.encoder(tensor.to(self.slices.device))
         frame_box = np.array([[0.0, 0.0, 8.0, 8.0]], dtype=np.float32)
         timings = dict.fromkeys(STAGES, 0.0)
         self._decode(embedding, frame, frame_box, [Point(4, 4, positive=True)], np.ones((size, size), bool), timings)
